@@ -1,0 +1,1 @@
+"""Data: tokenizer, image transforms, triple sources and the grain input pipeline."""

@@ -1,0 +1,284 @@
+"""Hugging Face CLIP interchange: load from and export to the PyTorch `CLIPModel` folder layout.
+
+One table (`_TOP_LEVEL`, `_PER_BLOCK`) pairs each of our parameter paths with its HF tensor name
+and a transform; `name_map(config)` expands it for a config and both directions read it. Weights
+are read and written as safetensors only: a folder holding nothing but pickles is refused.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import tempfile
+from typing import Any, Callable, Mapping, NamedTuple
+
+import jax.numpy as jnp
+import numpy as np
+import safetensors.numpy
+from flax import nnx
+
+from semclip_jax.data.transforms import CLIP_MEAN, CLIP_STD
+from semclip_jax.models.clip import CLIP
+from semclip_jax.models.presets import CLIPConfig, TextConfig, VisionConfig
+
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+WEIGHTS_INDEX_FILE = "model.safetensors.index.json"
+PREPROCESSOR_FILE = "preprocessor_config.json"
+# Files fetched from the hub: never the pickled `pytorch_model.bin`.
+HUB_PATTERNS = ["*.json", "*.safetensors", "*.txt"]
+
+
+# ----------------------------------------------------------------------------------------------
+# The name map.
+# ----------------------------------------------------------------------------------------------
+class Transform(NamedTuple):
+  to_hf: Callable[[np.ndarray], np.ndarray]
+  from_hf: Callable[[np.ndarray], np.ndarray]
+
+
+IDENTITY = Transform(lambda x: x, lambda x: x)
+# Our Linear kernels are [in, out]; torch.nn.Linear weights are [out, in].
+LINEAR = Transform(lambda x: x.T, lambda x: x.T)
+# Our patch convolution kernel is HWIO; torch.nn.Conv2d's weight is OIHW.
+CONV = Transform(lambda x: x.transpose(3, 2, 0, 1), lambda x: x.transpose(2, 3, 1, 0))
+
+
+def _layer_norm(ours: str, theirs: str) -> list[tuple[str, str, Transform]]:
+  return [(f"{ours}.scale", f"{theirs}.weight", IDENTITY), (f"{ours}.bias", f"{theirs}.bias", IDENTITY)]
+
+
+def _linear(ours: str, theirs: str, bias: bool = True) -> list[tuple[str, str, Transform]]:
+  pairs = [(f"{ours}.kernel", f"{theirs}.weight", LINEAR)]
+  return pairs + ([(f"{ours}.bias", f"{theirs}.bias", IDENTITY)] if bias else [])
+
+
+_TOP_LEVEL: list[tuple[str, str, Transform]] = [
+    ("logit_scale", "logit_scale", IDENTITY),
+    ("vision.patch_embed.kernel", "vision_model.embeddings.patch_embedding.weight", CONV),
+    ("vision.class_embedding", "vision_model.embeddings.class_embedding", IDENTITY),
+    ("vision.pos_embedding", "vision_model.embeddings.position_embedding.weight", IDENTITY),
+    *_layer_norm("vision.pre_ln", "vision_model.pre_layrnorm"),  # sic: HF's spelling
+    *_layer_norm("vision.post_ln", "vision_model.post_layernorm"),
+    *_linear("vision.proj", "visual_projection", bias=False),
+    ("text.token_embed.embedding", "text_model.embeddings.token_embedding.weight", IDENTITY),
+    ("text.pos_embedding", "text_model.embeddings.position_embedding.weight", IDENTITY),
+    *_layer_norm("text.final_ln", "text_model.final_layer_norm"),
+    *_linear("text.proj", "text_projection", bias=False),
+]
+
+_PER_BLOCK: list[tuple[str, str, Transform]] = [
+    *_layer_norm("ln1", "layer_norm1"),
+    *_linear("attn.q", "self_attn.q_proj"),
+    *_linear("attn.k", "self_attn.k_proj"),
+    *_linear("attn.v", "self_attn.v_proj"),
+    *_linear("attn.out", "self_attn.out_proj"),
+    *_layer_norm("ln2", "layer_norm2"),
+    *_linear("mlp.fc1", "mlp.fc1"),
+    *_linear("mlp.fc2", "mlp.fc2"),
+]
+
+# Non-persistent buffers that older transformers versions wrote into checkpoints.
+_IGNORED_HF_SUFFIXES = (".position_ids",)
+
+
+def name_map(config: CLIPConfig) -> dict[str, tuple[str, Transform]]:
+  """Our dotted parameter path -> (HF tensor name, transform), for every parameter of `config`."""
+  table = {ours: (theirs, t) for ours, theirs, t in _TOP_LEVEL}
+  for ours_tower, hf_tower, layers in (("vision", "vision_model", config.vision.num_hidden_layers),
+                                       ("text", "text_model", config.text.num_hidden_layers)):
+    for i in range(layers):
+      for ours, theirs, t in _PER_BLOCK:
+        table[f"{ours_tower}.encoder.blocks.{i}.{ours}"] = (f"{hf_tower}.encoder.layers.{i}.{theirs}", t)
+  return table
+
+
+def _dotted(path: tuple[Any, ...]) -> str:
+  return ".".join(str(p) for p in path)
+
+
+# ----------------------------------------------------------------------------------------------
+# Configs.
+# ----------------------------------------------------------------------------------------------
+def _sub_config(cls, values: Mapping[str, Any]):
+  names = {f.name for f in dataclasses.fields(cls)}
+  return cls(**{k: v for k, v in values.items() if k in names and v is not None})
+
+
+def config_from_hf(hf_config: Mapping[str, Any] | Any, *, source: str = "config") -> CLIPConfig:
+  """Our `CLIPConfig` from a HF CLIP config: a `config.json` dict or a `transformers.CLIPConfig`.
+
+  Fields the HF config omits take transformers' defaults (mirrored by our dataclasses).
+  """
+  values = hf_config.to_dict() if hasattr(hf_config, "to_dict") else dict(hf_config)
+  model_type = values.get("model_type")
+  if model_type != "clip":
+    raise ValueError(f"{source}: model_type is {model_type!r}, expected 'clip' (a two-tower "
+                     "transformers CLIPModel); other model types are not CLIP checkpoints")
+  top = {k: values[k] for k in ("projection_dim", "logit_scale_init_value") if k in values}
+  return CLIPConfig(text=_sub_config(TextConfig, values.get("text_config") or {}),
+                    vision=_sub_config(VisionConfig, values.get("vision_config") or {}), **top)
+
+
+def config_to_hf(config: CLIPConfig) -> dict[str, Any]:
+  """A `config.json` dict that `transformers.CLIPConfig` reads back into the same architecture."""
+  text = dict(dataclasses.asdict(config.text), model_type="clip_text_model",
+              projection_dim=config.projection_dim)
+  vision = dict(dataclasses.asdict(config.vision), model_type="clip_vision_model",
+                projection_dim=config.projection_dim)
+  return {"architectures": ["CLIPModel"], "model_type": "clip", "initializer_factor": 1.0,
+          "projection_dim": config.projection_dim,
+          "logit_scale_init_value": config.logit_scale_init_value,
+          "text_config": text, "vision_config": vision}
+
+
+# ----------------------------------------------------------------------------------------------
+# Reading a folder.
+# ----------------------------------------------------------------------------------------------
+def resolve_folder(path_or_repo_id: str, revision: str | None = None) -> str:
+  """A local folder as is; otherwise a hub id, downloaded (safetensors and JSON only) to the cache."""
+  if os.path.isdir(path_or_repo_id):
+    return path_or_repo_id
+  if os.path.exists(path_or_repo_id) or path_or_repo_id.count("/") != 1:
+    raise FileNotFoundError(f"{path_or_repo_id!r} is not a folder holding a Hugging Face CLIP "
+                            "checkpoint, nor a hub id of the form 'org/name'")
+  import huggingface_hub  # pylint: disable=import-outside-toplevel
+
+  try:
+    return huggingface_hub.snapshot_download(path_or_repo_id, revision=revision,
+                                             allow_patterns=HUB_PATTERNS)
+  except Exception as e:  # the hub client raises many types; the message names them
+    raise FileNotFoundError(f"{path_or_repo_id!r} is not a local folder, and fetching it from "
+                            f"the Hugging Face hub failed: {type(e).__name__}: {e}") from e
+
+
+def read_config(folder: str) -> CLIPConfig:
+  path = os.path.join(folder, CONFIG_FILE)
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"{path}: no {CONFIG_FILE}; not a Hugging Face model folder")
+  with open(path, encoding="utf-8") as f:
+    try:
+      values = json.load(f)
+    except json.JSONDecodeError as e:
+      raise ValueError(f"{path}: not valid JSON: {e}") from e
+  return config_from_hf(values, source=path)
+
+
+def _weight_files(folder: str) -> dict[str, str]:
+  """HF tensor name -> the safetensors file that holds it (single file or sharded index)."""
+  single, index = os.path.join(folder, WEIGHTS_FILE), os.path.join(folder, WEIGHTS_INDEX_FILE)
+  if os.path.isfile(single):
+    with safetensors.safe_open(single, framework="numpy") as f:
+      return {name: single for name in f.keys()}
+  if os.path.isfile(index):
+    with open(index, encoding="utf-8") as f:
+      weight_map = json.load(f).get("weight_map")
+    if not isinstance(weight_map, dict):
+      raise ValueError(f"{index}: has no 'weight_map' object")
+    return {name: os.path.join(folder, shard) for name, shard in weight_map.items()}
+  pickles = [n for n in sorted(os.listdir(folder)) if n.endswith((".bin", ".pt", ".pth", ".ckpt"))]
+  hint = (f" It holds only pickled weights ({', '.join(pickles)}), which semclip_jax never "
+          "unpickles; convert them to safetensors first (e.g. load in transformers and "
+          "save_pretrained(safe_serialization=True))." if pickles else "")
+  raise FileNotFoundError(f"{folder}: no {WEIGHTS_FILE} or {WEIGHTS_INDEX_FILE}.{hint}")
+
+
+def read_hf_tensors(folder: str, names: list[str]) -> dict[str, tuple[np.ndarray, str]]:
+  """Reads `names` from the folder's safetensors; returns name -> (array, file it came from)."""
+  where = _weight_files(folder)
+  missing = [n for n in names if n not in where]
+  if missing:
+    files = sorted(set(where.values())) or [folder]
+    raise KeyError(f"{', '.join(files)}: missing {len(missing)} CLIP tensor(s): "
+                   f"{', '.join(missing[:8])}{' ...' if len(missing) > 8 else ''}")
+  wanted = set(names)
+  unexpected = [n for n in where if n not in wanted and not n.endswith(_IGNORED_HF_SUFFIXES)]
+  if unexpected:
+    raise KeyError(f"{', '.join(sorted(set(where[n] for n in unexpected)))}: "
+                   f"{len(unexpected)} tensor(s) that a CLIPModel of this config does not have: "
+                   f"{', '.join(sorted(unexpected)[:8])}{' ...' if len(unexpected) > 8 else ''}")
+  out = {}
+  for file in sorted(set(where[n] for n in names)):
+    with safetensors.safe_open(file, framework="numpy") as f:
+      for name in names:
+        if where[name] == file:
+          out[name] = (f.get_tensor(name), file)
+  return out
+
+
+# ----------------------------------------------------------------------------------------------
+# Public API.
+# ----------------------------------------------------------------------------------------------
+def load_hf_clip(path_or_repo_id: str, *, dtype=jnp.float32, revision: str | None = None) -> CLIP:
+  """Builds our `CLIP` from a HF CLIP folder (config.json + safetensors) or a hub id.
+
+  Every parameter is checked (present, right shape, nothing extra) before any is placed, so a bad
+  folder raises naming the file and tensor and never yields a half-loaded model. Parameters are
+  float32 whatever the file's dtype; `dtype` is the compute dtype.
+  """
+  folder = resolve_folder(path_or_repo_id, revision)
+  config = read_config(folder)
+  abstract = nnx.eval_shape(lambda: CLIP(config, dtype=dtype, rngs=nnx.Rngs(0)))
+  graphdef, state = nnx.split(abstract)
+  table = name_map(config)
+  flat = nnx.to_flat_state(state)
+  tensors = read_hf_tensors(folder, [table[_dotted(path)][0] for path, _ in flat])
+  values = []
+  for path, variable in flat:
+    hf_name, transform = table[_dotted(path)]
+    array, file = tensors[hf_name]
+    value = transform.from_hf(array)
+    if value.shape != variable.shape:
+      raise ValueError(f"{file}: tensor {hf_name} has shape {tuple(array.shape)}, but config.json "
+                       f"implies {tuple(transform.to_hf(np.empty(variable.shape)).shape)}")
+    if not np.issubdtype(array.dtype, np.floating) and array.dtype.name != "bfloat16":
+      raise ValueError(f"{file}: tensor {hf_name} has non-float dtype {array.dtype}")
+    values.append((path, variable.replace(jnp.asarray(value, jnp.float32))))
+  return nnx.merge(graphdef, nnx.from_flat_state(values))
+
+
+def hf_state_dict(model: CLIP) -> dict[str, np.ndarray]:
+  """Our parameters as HF `CLIPModel` tensors (float32 numpy, torch layout)."""
+  table = name_map(model.config)
+  out = {}
+  for path, variable in nnx.to_flat_state(nnx.state(model, nnx.Param)):
+    hf_name, transform = table[_dotted(path)]
+    # np.array, not np.ascontiguousarray: the latter turns the 0-d logit_scale into shape (1,).
+    out[hf_name] = np.array(transform.to_hf(np.asarray(variable[...], np.float32)), order="C")
+  return out
+
+
+def preprocessor_config(image_size: int) -> dict[str, Any]:
+  """CLIPImageProcessor settings: bicubic shortest-side resize, centre crop, CLIP mean/std."""
+  return {"image_processor_type": "CLIPImageProcessor", "processor_class": "CLIPProcessor",
+          "do_resize": True, "size": {"shortest_edge": image_size}, "resample": 3,
+          "do_center_crop": True, "crop_size": {"height": image_size, "width": image_size},
+          "do_rescale": True, "rescale_factor": 1 / 255, "do_normalize": True,
+          "image_mean": list(CLIP_MEAN), "image_std": list(CLIP_STD), "do_convert_rgb": True}
+
+
+def _write_json_atomic(path: str, values: Mapping[str, Any]) -> None:
+  with tempfile.NamedTemporaryFile("w", dir=os.path.dirname(path), delete=False,
+                                   suffix=".tmp", encoding="utf-8") as f:
+    json.dump(values, f, indent=2, sort_keys=True)
+  os.replace(f.name, path)
+
+
+def save_hf_clip(model: CLIP, out_dir: str, tokenizer=None) -> str:
+  """Writes a folder that `transformers.CLIPModel` / `CLIPProcessor.from_pretrained` load as is.
+
+  `tokenizer` is a `semclip_jax.data.tokenizer.CLIPTokenizer`; by default the vendored CLIP BPE
+  tokenizer is written, so the folder is always complete. Returns `out_dir`.
+  """
+  from semclip_jax.data.tokenizer import CLIPTokenizer  # pylint: disable=import-outside-toplevel
+
+  os.makedirs(out_dir, exist_ok=True)
+  weights = os.path.join(out_dir, WEIGHTS_FILE)
+  safetensors.numpy.save_file(hf_state_dict(model), weights + ".tmp", metadata={"format": "pt"})
+  os.replace(weights + ".tmp", weights)
+  _write_json_atomic(os.path.join(out_dir, CONFIG_FILE), config_to_hf(model.config))
+  _write_json_atomic(os.path.join(out_dir, PREPROCESSOR_FILE),
+                     preprocessor_config(model.config.vision.image_size))
+  (tokenizer or CLIPTokenizer()).save_pretrained(out_dir)
+  return out_dir

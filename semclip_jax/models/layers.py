@@ -1,0 +1,104 @@
+"""The pre-norm transformer shared by both CLIP towers.
+
+Sub-module and parameter names (`q`, `k`, `v`, `out`, `fc1`, `fc2`, `ln1`, `ln2`) are the keys of
+the Hugging Face name map in `semclip_jax.hf`; renaming one here means renaming it there.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+Array = jax.Array
+
+
+def quick_gelu(x: Array) -> Array:
+  # OpenAI's approximation, used by their released weights; LAION's use exact gelu.
+  return x * jax.nn.sigmoid(1.702 * x)
+
+
+ACTIVATIONS: dict[str, Callable[[Array], Array]] = {
+    "quick_gelu": quick_gelu,
+    "gelu": lambda x: jax.nn.gelu(x, approximate=False),
+    "gelu_new": lambda x: jax.nn.gelu(x, approximate=True),
+    "gelu_pytorch_tanh": lambda x: jax.nn.gelu(x, approximate=True),
+    "relu": jax.nn.relu,
+}
+
+
+def activation(name: str) -> Callable[[Array], Array]:
+  if name not in ACTIVATIONS:
+    raise ValueError(f"unsupported hidden_act {name!r}; supported: {sorted(ACTIVATIONS)}")
+  return ACTIVATIONS[name]
+
+
+def layer_norm(dim: int, eps: float, dtype, rngs: nnx.Rngs) -> nnx.LayerNorm:
+  # Two-pass variance: the one-pass E[x²]−E[x]² form drifts past 1e-5 from PyTorch's LayerNorm.
+  return nnx.LayerNorm(dim, epsilon=eps, dtype=dtype, use_fast_variance=False, rngs=rngs)
+
+
+class Attention(nnx.Module):
+  """Multi-head self-attention with separate q/k/v projections (the HF CLIP layout)."""
+
+  def __init__(self, dim: int, heads: int, *, dtype, rngs: nnx.Rngs):
+    if dim % heads:
+      raise ValueError(f"hidden size {dim} is not divisible by {heads} attention heads")
+    self.heads = heads
+    linear = lambda: nnx.Linear(dim, dim, dtype=dtype, rngs=rngs)
+    self.q, self.k, self.v, self.out = linear(), linear(), linear(), linear()
+
+  def __call__(self, x: Array, *, causal: bool) -> Array:
+    """x: [B, T, D] -> [B, T, D]."""
+    b, t, d = x.shape
+    split = lambda y: y.reshape(b, t, self.heads, d // self.heads)
+    # XLA picks a fused kernel (cuDNN flash attention on GPU) where shapes and dtype allow.
+    y = jax.nn.dot_product_attention(split(self.q(x)), split(self.k(x)), split(self.v(x)),
+                                     is_causal=causal)
+    return self.out(y.reshape(b, t, d))
+
+
+class MLP(nnx.Module):
+
+  def __init__(self, dim: int, hidden: int, act: str, *, dtype, rngs: nnx.Rngs):
+    self.fc1 = nnx.Linear(dim, hidden, dtype=dtype, rngs=rngs)
+    self.fc2 = nnx.Linear(hidden, dim, dtype=dtype, rngs=rngs)
+    self.act = activation(act)
+
+  def __call__(self, x: Array) -> Array:
+    return self.fc2(self.act(self.fc1(x)))
+
+
+class Block(nnx.Module):
+  """Pre-norm residual block: x + attn(ln1(x)), then x + mlp(ln2(x))."""
+
+  def __init__(self, dim: int, heads: int, mlp_dim: int, act: str, eps: float, *, dtype,
+               rngs: nnx.Rngs):
+    self.ln1 = layer_norm(dim, eps, dtype, rngs)
+    self.attn = Attention(dim, heads, dtype=dtype, rngs=rngs)
+    self.ln2 = layer_norm(dim, eps, dtype, rngs)
+    self.mlp = MLP(dim, mlp_dim, act, dtype=dtype, rngs=rngs)
+
+  def __call__(self, x: Array, *, causal: bool) -> Array:
+    x = x + self.attn(self.ln1(x), causal=causal)
+    return x + self.mlp(self.ln2(x))
+
+
+class Encoder(nnx.Module):
+  """A stack of `layers` blocks applied in order."""
+
+  def __init__(self, layers: int, dim: int, heads: int, mlp_dim: int, act: str, eps: float, *,
+               dtype, rngs: nnx.Rngs):
+    self.blocks = nnx.List(
+        [Block(dim, heads, mlp_dim, act, eps, dtype=dtype, rngs=rngs) for _ in range(layers)])
+
+  def __call__(self, x: Array, *, causal: bool = False) -> Array:
+    for block in self.blocks:
+      x = block(x, causal=causal)
+    return x
+
+
+def normal_param(rngs: nnx.Rngs, shape: tuple[int, ...], std: float) -> nnx.Param:
+  return nnx.Param(std * jax.random.normal(rngs.params(), shape, jnp.float32))

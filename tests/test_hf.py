@@ -1,0 +1,166 @@
+"""Hugging Face interchange: parity with transformers' PyTorch CLIPModel, round trips, bad folders."""
+
+import json
+import os
+import shutil
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import safetensors.numpy
+import transformers
+from flax import nnx
+
+from hf_oracle import ORACLE_CONFIGS, make_oracle, torch_embeddings
+from semclip_jax import hf
+from semclip_jax.data.tokenizer import CLIPTokenizer
+from semclip_jax.models import clip_logits, create_clip
+
+CAPTIONS = [
+    "A man riding a horse on a beach.",
+    "Two dogs are not playing with a red ball",
+    "a photo of a cat",
+    "",
+    "There is no bicycle leaning against the old brick wall, only a scooter.",
+    "Un café très chaud — “quoted” text &amp; emoji 😀",
+    " ".join(["long"] * 90),
+    "the quick brown fox jumps over the lazy dog " * 2,
+]
+
+
+def _inputs(model_config, seed=0):
+  rng = np.random.default_rng(seed)
+  size = model_config.vision.image_size
+  pixels = rng.normal(size=(len(CAPTIONS), size, size, 3)).astype(np.float32)
+  return pixels, CLIPTokenizer()(CAPTIONS)
+
+
+def _ours(model, pixels, ids):
+  zi, zt = model(jnp.asarray(pixels), jnp.asarray(ids))
+  return np.asarray(zi), np.asarray(zt), np.asarray(clip_logits(zi, zt, model.logit_scale[...]))
+
+
+def _assert_same_embeddings(a, b, atol=1e-5):
+  for x, y, what in zip(a, b, ("image embeddings", "text embeddings", "logits")):
+    np.testing.assert_allclose(x, y, rtol=0, atol=atol, err_msg=what)
+
+
+@pytest.mark.parametrize("name", sorted(ORACLE_CONFIGS))
+def test_load_hf_clip_matches_transformers(tmp_path, name):
+  oracle = make_oracle(name, tmp_path)
+  model = hf.load_hf_clip(str(tmp_path))
+  pixels, ids = _inputs(model.config)
+  expected = torch_embeddings(oracle, pixels, ids)
+  assert np.abs(expected[1]).max() > 1e-2  # a degenerate oracle would make parity vacuous
+  _assert_same_embeddings(_ours(model, pixels, ids), expected)
+
+
+@pytest.mark.parametrize("name", sorted(ORACLE_CONFIGS))
+def test_save_hf_clip_loads_in_transformers(tmp_path, name):
+  config = hf.config_from_hf(transformers.CLIPConfig(**ORACLE_CONFIGS[name]))
+  model = create_clip(config, seed=3)
+  out = hf.save_hf_clip(model, str(tmp_path / "export"))
+
+  torch_model, info = transformers.CLIPModel.from_pretrained(out, output_loading_info=True)
+  assert not any(info.values()), info  # no missing, unexpected or mismatched tensors
+  pixels, ids = _inputs(config)
+  _assert_same_embeddings(_ours(model, pixels, ids), torch_embeddings(torch_model.eval(), pixels, ids))
+
+  processor = transformers.CLIPProcessor.from_pretrained(out)
+  batch = processor(text=CAPTIONS[:3], images=[np.zeros((50, 70, 3), np.uint8)])
+  assert np.asarray(batch["pixel_values"]).shape == (1, 3) + (config.vision.image_size,) * 2
+  ours = CLIPTokenizer()(CAPTIONS[:3])
+  for row, hf_ids in enumerate(batch["input_ids"]):
+    np.testing.assert_array_equal(ours[row, :len(hf_ids)], hf_ids)
+    assert not ours[row, len(hf_ids):].any()
+
+
+def test_load_save_load_is_bit_identical(tmp_path):
+  make_oracle("gelu_first_eos", tmp_path / "a")
+  first = hf.load_hf_clip(str(tmp_path / "a"))
+  hf.save_hf_clip(first, str(tmp_path / "b"))
+  second = hf.load_hf_clip(str(tmp_path / "b"))
+  assert second.config == first.config
+  a, b = nnx.state(first, nnx.Param), nnx.state(second, nnx.Param)
+  for (path, x), (_, y) in zip(nnx.to_flat_state(a), nnx.to_flat_state(b)):
+    assert np.array_equal(np.asarray(x[...]), np.asarray(y[...])), path
+  original = safetensors.numpy.load_file(str(tmp_path / "a" / "model.safetensors"))
+  exported = safetensors.numpy.load_file(str(tmp_path / "b" / "model.safetensors"))
+  assert original.keys() == exported.keys()
+  for key in original:
+    assert np.array_equal(original[key], exported[key]), key
+
+
+def test_config_from_transformers_object_equals_config_json(tmp_path):
+  make_oracle("quick_gelu_legacy_eos", tmp_path)
+  from_file = hf.read_config(str(tmp_path))
+  from_object = hf.config_from_hf(transformers.CLIPConfig.from_pretrained(str(tmp_path)))
+  assert from_file == from_object
+  assert from_file.text.eos_token_id == 2 and from_file.vision.patch_size == 8
+
+
+def test_half_precision_weights_load_as_float32(tmp_path):
+  oracle = make_oracle("gelu_first_eos", tmp_path)
+  oracle.half().save_pretrained(tmp_path)
+  model = hf.load_hf_clip(str(tmp_path))
+  dtypes = {np.asarray(v[...]).dtype for _, v in nnx.to_flat_state(nnx.state(model, nnx.Param))}
+  assert dtypes == {np.dtype(np.float32)}
+
+
+# ---------------------------------------------------------------------------------------------
+# Bad input: clear errors naming the file and tensor, never a half-loaded model.
+# ---------------------------------------------------------------------------------------------
+def _rewrite_weights(folder, edit):
+  path = os.path.join(folder, "model.safetensors")
+  tensors = safetensors.numpy.load_file(path)
+  edit(tensors)
+  safetensors.numpy.save_file(tensors, path, metadata={"format": "pt"})
+  return path
+
+
+def test_folder_without_weights(tmp_path):
+  make_oracle("quick_gelu_legacy_eos", tmp_path)
+  os.remove(tmp_path / "model.safetensors")
+  with pytest.raises(FileNotFoundError, match=r"no model\.safetensors"):
+    hf.load_hf_clip(str(tmp_path))
+
+
+def test_folder_with_only_pickled_weights_is_refused(tmp_path):
+  make_oracle("quick_gelu_legacy_eos", tmp_path)
+  os.rename(tmp_path / "model.safetensors", tmp_path / "pytorch_model.bin")
+  with pytest.raises(FileNotFoundError, match=r"pytorch_model\.bin.*never unpickles"):
+    hf.load_hf_clip(str(tmp_path))
+
+
+def test_config_of_another_model_type(tmp_path):
+  make_oracle("quick_gelu_legacy_eos", tmp_path)
+  config_path = tmp_path / "config.json"
+  values = json.loads(config_path.read_text())
+  values["model_type"] = "siglip"
+  config_path.write_text(json.dumps(values))
+  with pytest.raises(ValueError, match=r"config\.json: model_type is 'siglip'"):
+    hf.load_hf_clip(str(tmp_path))
+
+
+def test_tensor_of_wrong_shape(tmp_path):
+  make_oracle("quick_gelu_legacy_eos", tmp_path)
+  name = "text_model.encoder.layers.1.mlp.fc1.weight"
+  path = _rewrite_weights(tmp_path, lambda t: t.update({name: t[name][:-1]}))
+  with pytest.raises(ValueError, match=rf"{path}: tensor {name} has shape \(255, 64\).*\(256, 64\)"):
+    hf.load_hf_clip(str(tmp_path))
+
+
+def test_missing_and_unexpected_tensors(tmp_path):
+  make_oracle("quick_gelu_legacy_eos", tmp_path)
+  shutil.copytree(tmp_path, tmp_path / "extra", ignore=shutil.ignore_patterns("extra"))
+  _rewrite_weights(tmp_path, lambda t: t.pop("vision_model.post_layernorm.bias"))
+  with pytest.raises(KeyError, match=r"model\.safetensors: missing 1 CLIP tensor.*post_layernorm\.bias"):
+    hf.load_hf_clip(str(tmp_path))
+  _rewrite_weights(tmp_path / "extra", lambda t: t.update({"classifier.weight": np.zeros((2, 2), np.float32)}))
+  with pytest.raises(KeyError, match=r"model\.safetensors: 1 tensor\(s\).*classifier\.weight"):
+    hf.load_hf_clip(str(tmp_path / "extra"))
+
+
+def test_not_a_folder_nor_hub_id(tmp_path):
+  with pytest.raises(FileNotFoundError, match="not a folder"):
+    hf.load_hf_clip(str(tmp_path / "does" / "not" / "exist"))
