@@ -39,7 +39,7 @@ def _bytes_to_unicode() -> list[str]:
 
 @functools.lru_cache(maxsize=1)
 def _openai_vocab() -> tuple[dict[str, int], list[tuple[str, str]]]:
-  data = importlib.resources.files("semclip_jax.data.vendor").joinpath(VOCAB_FILE).read_bytes()
+  data = importlib.resources.files("semclip_jax.data").joinpath("vendor", VOCAB_FILE).read_bytes()
   lines = gzip.decompress(data).decode("utf-8").split("\n")[1:_NUM_MERGES + 1]
   merges = [tuple(line.split()) for line in lines]
   symbols = _bytes_to_unicode()
