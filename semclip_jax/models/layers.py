@@ -94,6 +94,12 @@ class Encoder(nnx.Module):
     self.blocks = nnx.List(
         [Block(dim, heads, mlp_dim, act, eps, dtype=dtype, rngs=rngs) for _ in range(layers)])
 
+  @classmethod
+  def from_config(cls, cfg, *, dtype, rngs: nnx.Rngs) -> "Encoder":
+    """The stack a `TextConfig` or `VisionConfig` describes (they share these field names)."""
+    return cls(cfg.num_hidden_layers, cfg.hidden_size, cfg.num_attention_heads,
+               cfg.intermediate_size, cfg.hidden_act, cfg.layer_norm_eps, dtype=dtype, rngs=rngs)
+
   def __call__(self, x: Array, *, causal: bool = False) -> Array:
     for block in self.blocks:
       x = block(x, causal=causal)

@@ -32,9 +32,7 @@ class TextTransformer(nnx.Module):
     self.token_embed = nnx.Embed(cfg.vocab_size, d, dtype=dtype,
                                  embedding_init=nnx.initializers.normal(0.02), rngs=rngs)
     self.pos_embedding = normal_param(rngs, (cfg.max_position_embeddings, d), 0.01)
-    self.encoder = Encoder(cfg.num_hidden_layers, d, cfg.num_attention_heads,
-                           cfg.intermediate_size, cfg.hidden_act, cfg.layer_norm_eps,
-                           dtype=dtype, rngs=rngs)
+    self.encoder = Encoder.from_config(cfg, dtype=dtype, rngs=rngs)
     self.final_ln = layer_norm(d, cfg.layer_norm_eps, dtype, rngs)
     self.proj = nnx.Linear(d, projection_dim, use_bias=False, dtype=dtype, rngs=rngs)
 

@@ -26,9 +26,7 @@ class VisionTransformer(nnx.Module):
     self.class_embedding = normal_param(rngs, (d,), d**-0.5)
     self.pos_embedding = normal_param(rngs, (num_positions, d), 0.02)
     self.pre_ln = layer_norm(d, cfg.layer_norm_eps, dtype, rngs)
-    self.encoder = Encoder(cfg.num_hidden_layers, d, cfg.num_attention_heads,
-                           cfg.intermediate_size, cfg.hidden_act, cfg.layer_norm_eps,
-                           dtype=dtype, rngs=rngs)
+    self.encoder = Encoder.from_config(cfg, dtype=dtype, rngs=rngs)
     self.post_ln = layer_norm(d, cfg.layer_norm_eps, dtype, rngs)
     self.proj = nnx.Linear(d, projection_dim, use_bias=False, dtype=dtype, rngs=rngs)
 
