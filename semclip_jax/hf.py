@@ -21,6 +21,7 @@ from flax import nnx
 from semclip_jax.data.transforms import CLIP_MEAN, CLIP_STD
 from semclip_jax.models.clip import CLIP
 from semclip_jax.models.presets import CLIPConfig, TextConfig, VisionConfig
+from semclip_jax.sharding import path_str
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -92,10 +93,6 @@ def name_map(config: CLIPConfig) -> dict[str, tuple[str, Transform]]:
       for ours, theirs, t in _PER_BLOCK:
         table[f"{ours_tower}.encoder.blocks.{i}.{ours}"] = (f"{hf_tower}.encoder.layers.{i}.{theirs}", t)
   return table
-
-
-def _dotted(path: tuple[Any, ...]) -> str:
-  return ".".join(str(p) for p in path)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -223,10 +220,10 @@ def load_hf_clip(path_or_repo_id: str, *, dtype=jnp.float32, revision: str | Non
   graphdef, state = nnx.split(abstract)
   table = name_map(config)
   flat = nnx.to_flat_state(state)
-  tensors = read_hf_tensors(folder, [table[_dotted(path)][0] for path, _ in flat])
+  tensors = read_hf_tensors(folder, [table[path_str(path)][0] for path, _ in flat])
   values = []
   for path, variable in flat:
-    hf_name, transform = table[_dotted(path)]
+    hf_name, transform = table[path_str(path)]
     array, file = tensors[hf_name]
     value = transform.from_hf(array)
     if value.shape != variable.shape:
@@ -243,7 +240,7 @@ def hf_state_dict(model: CLIP) -> dict[str, np.ndarray]:
   table = name_map(model.config)
   out = {}
   for path, variable in nnx.to_flat_state(nnx.state(model, nnx.Param)):
-    hf_name, transform = table[_dotted(path)]
+    hf_name, transform = table[path_str(path)]
     # np.array, not np.ascontiguousarray: the latter turns the 0-d logit_scale into shape (1,).
     out[hf_name] = np.array(transform.to_hf(np.asarray(variable[...], np.float32)), order="C")
   return out

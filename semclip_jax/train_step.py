@@ -1,0 +1,142 @@
+"""The train state and the jitted, sharded train step.
+
+The step is one `jax.jit` of a pure function over (params, rest) states: the NNX graph is merged
+inside the trace only, so no Python graph traversal happens per step. The image tower runs on B
+images and the text tower on all 3B captions (original, paraphrase, negation) in one call; the
+loss runs in `shard_map` (see `losses`). A step whose loss or gradient is not finite leaves
+parameters and optimizer state untouched and is counted.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx, struct
+from jax.sharding import Mesh
+
+from semclip_jax.models.clip import CLIP
+from semclip_jax.objective import Objective
+from semclip_jax.optim import trainable_filter
+from semclip_jax.sharding import Rule, replicated, tree_shardings
+
+Batch = dict[str, jax.Array]  # "image": float [B, H, W, C]; "tokens": int32 [B, 3, L]
+
+
+class NonFiniteLossError(RuntimeError):
+  """Raised when too many consecutive steps had a non-finite loss or gradient."""
+
+
+class Trainee(nnx.Module):
+  """Everything with trainable state: the CLIP model and the loss's own parameters."""
+
+  def __init__(self, model: CLIP, objective: Objective):
+    self.model = model
+    self.objective = objective
+
+
+@struct.dataclass
+class TrainState:
+  step: jax.Array  # batches consumed (skipped ones included)
+  params: nnx.State  # the trained parameters
+  rest: nnx.State  # frozen parameters and fixed state (e.g. a fixed projection basis)
+  opt_state: optax.OptState  # allocated for `params` only: frozen towers cost no optimizer memory
+  skipped: jax.Array  # steps skipped for a non-finite loss or gradient, in total
+  consecutive_skipped: jax.Array  # ... and in a row up to now
+
+
+def create_train_state(trainee: Trainee, tx: optax.GradientTransformation,
+                       freeze: tuple[str, ...] = ()) -> tuple[nnx.GraphDef, TrainState]:
+  graphdef, params, rest = nnx.split(trainee, trainable_filter(freeze), ...)
+  zero = lambda: jnp.zeros((), jnp.int32)  # distinct buffers: the step donates each of them
+  return graphdef, TrainState(step=zero(), params=params, rest=rest, opt_state=tx.init(params),
+                              skipped=zero(), consecutive_skipped=zero())
+
+
+def shard_train_state(state: TrainState, mesh: Mesh, rules: tuple[Rule, ...] = ()
+                      ) -> tuple[TrainState, Any]:
+  """Places the state on the mesh by the partition rules; returns it and its shardings."""
+  shardings = tree_shardings(state, mesh, rules)
+  return jax.device_put(state, shardings), shardings
+
+
+def forward(trainee: Trainee, batch: Batch, mesh: Mesh | None) -> tuple[jax.Array, dict]:
+  """Embeds the batch (text tower once on all 3B captions) and applies the objective."""
+  tokens = batch["tokens"]
+  b, num_captions, length = tokens.shape
+  if num_captions != 3:
+    raise ValueError(f"tokens must be [B, 3, L] (original, paraphrase, negation), got {tokens.shape}")
+  zi = trainee.model.encode_image(batch["image"])
+  z = trainee.model.encode_text(tokens.reshape(b * 3, length)).reshape(b, 3, -1)
+  return trainee.objective(zi, z[:, 0], z[:, 1], z[:, 2], trainee.model.logit_scale[...], mesh)
+
+
+def _micro_batches(batch: Batch, k: int) -> Batch:
+  """[k·B, ...] -> [k, B, ...] taking rows j, j+k, ...: each device keeps its rows local."""
+  def split(x):
+    if x.shape[0] % k:
+      raise ValueError(f"batch size {x.shape[0]} is not divisible by grad_accum_steps={k}")
+    return jnp.swapaxes(x.reshape(x.shape[0] // k, k, *x.shape[1:]), 0, 1)
+  return jax.tree.map(split, batch)
+
+
+def _all_finite(tree: Any) -> jax.Array:
+  return jnp.all(jnp.array([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
+
+
+def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, *,
+                    mesh: Mesh | None = None, state_shardings: Any = None,
+                    grad_accum_steps: int = 1, donate: bool = True
+                    ) -> Callable[[TrainState, Batch], tuple[TrainState, dict[str, jax.Array]]]:
+  """Returns the jitted step(state, batch) -> (state, metrics)."""
+
+  def loss_fn(params, rest, batch):
+    return forward(nnx.merge(graphdef, params, rest), batch, mesh)
+
+  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+
+  def gradients(params, rest, batch):
+    if grad_accum_steps == 1:
+      (_, metrics), grads = grad_fn(params, rest, batch)
+      return grads, metrics
+
+    def accumulate(total, micro):
+      (_, metrics), grads = grad_fn(params, rest, micro)
+      return jax.tree.map(jnp.add, total, grads), metrics
+
+    grads, metrics = jax.lax.scan(accumulate, jax.tree.map(jnp.zeros_like, params),
+                                  _micro_batches(batch, grad_accum_steps))
+    return (jax.tree.map(lambda g: g / grad_accum_steps, grads),
+            jax.tree.map(lambda m: jnp.mean(m, axis=0), metrics))
+
+  def step(state: TrainState, batch: Batch):
+    grads, metrics = gradients(state.params, state.rest, batch)
+    finite = jnp.isfinite(metrics["loss"]) & _all_finite(grads)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
+    skipped = (~finite).astype(jnp.int32)
+    new_state = state.replace(
+        step=state.step + 1, params=keep(params, state.params),
+        opt_state=keep(opt_state, state.opt_state), skipped=state.skipped + skipped,
+        consecutive_skipped=jnp.where(finite, 0, state.consecutive_skipped + 1))
+    metrics = {**metrics, "grad_norm": optax.global_norm(grads), "skipped": new_state.skipped,
+               "consecutive_skipped": new_state.consecutive_skipped}
+    return new_state, metrics
+
+  kwargs = {}
+  if mesh is not None and state_shardings is not None:
+    kwargs["out_shardings"] = (state_shardings, replicated(mesh))
+  return jax.jit(step, donate_argnums=(0,) if donate else (), **kwargs)
+
+
+def check_skips(metrics: dict[str, Any], max_consecutive: int) -> None:
+  """Raises NonFiniteLossError once `max_consecutive` steps in a row were skipped."""
+  consecutive = int(metrics["consecutive_skipped"])
+  if consecutive >= max_consecutive:
+    raise NonFiniteLossError(
+        f"{consecutive} consecutive steps had a non-finite loss or gradient (limit "
+        f"{max_consecutive}); parameters were kept from before them. Lower the learning rate, "
+        "check the data for NaN/Inf, or use float32 compute.")
