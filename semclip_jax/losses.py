@@ -90,7 +90,7 @@ class RowStats(NamedTuple):
 
 
 def _row_stats(rows: Array, cols: Array, labels: Array, scale: Array, bias: Array | None,
-               chunk_size: int | None) -> RowStats:
+               chunk_size: int | None, axis_name: AxisName = None) -> RowStats:
   """Softmax cross-entropy (bias None) or summed pairwise sigmoid loss of each row over columns.
 
   rows [b, D], cols [N, D], labels [b] (index of each row's positive column).
@@ -123,6 +123,8 @@ def _row_stats(rows: Array, cols: Array, labels: Array, scale: Array, bias: Arra
 
   zeros = jnp.zeros((b,), jnp.float32)
   init = (jnp.full((b,), _MASKED), zeros, zeros, jnp.full((b,), _MASKED), zeros)
+  if axis_name is not None:  # inside shard_map the carry holds per-device rows
+    init = jax.lax.pcast(init, axis_name, to="varying")
   starts = jnp.arange(num_chunks) * c
   if num_chunks == 1:
     (m, acc, pos, max_neg, logit_sum), _ = chunk(init, (cols[0], starts[0]))
@@ -150,8 +152,8 @@ def _infonce(zi: Array, zt: Array, scale: Array, axis_name: AxisName, chunk_size
   text_cols, image_cols = _gather(zt, axis_name), _gather(zi, axis_name)
   if extra_text_cols is not None:
     text_cols = jnp.concatenate([text_cols, _gather(extra_text_cols, axis_name)])
-  i2t = _row_stats(zi, text_cols, labels, scale, None, chunk_size)
-  t2i = _row_stats(zt, image_cols, labels, scale, None, chunk_size)
+  i2t = _row_stats(zi, text_cols, labels, scale, None, chunk_size, axis_name)
+  t2i = _row_stats(zt, image_cols, labels, scale, None, chunk_size, axis_name)
   metrics = {**_contrastive_metrics("i2t", i2t, text_cols.shape[0], axis_name),
              **_contrastive_metrics("t2i", t2i, image_cols.shape[0], axis_name),
              "pos_logit_mean": _global_mean(i2t.pos, axis_name), "logit_scale": scale}
@@ -186,7 +188,8 @@ def siglip_loss(zi: Array, zt: Array, logit_scale: Array, logit_bias: Array, *,
   scale = clip_scale(logit_scale)
   zi, zt = l2_normalize(zi), l2_normalize(zt)
   cols = _gather(zt, axis_name)
-  stats = _row_stats(zi, cols, _global_labels(zi.shape[0], axis_name), scale, logit_bias, chunk_size)
+  stats = _row_stats(zi, cols, _global_labels(zi.shape[0], axis_name), scale, logit_bias,
+                     chunk_size, axis_name)
   metrics = _contrastive_metrics("i2t", stats, cols.shape[0], axis_name)
   loss = metrics.pop("i2t_loss")
   return loss, {**metrics, "loss": loss, "pos_logit_mean": _global_mean(stats.pos, axis_name),

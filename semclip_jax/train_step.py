@@ -98,6 +98,10 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, *,
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
   def gradients(params, rest, batch):
+    rows = batch["tokens"].shape[0]
+    if mesh is not None and (rows // grad_accum_steps) % mesh.size:
+      raise ValueError(f"batch of {rows} in {grad_accum_steps} micro-batch(es) gives "
+                       f"{rows // grad_accum_steps} rows, not divisible by the {mesh.size} devices")
     if grad_accum_steps == 1:
       (_, metrics), grads = grad_fn(params, rest, batch)
       return grads, metrics
@@ -122,7 +126,7 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, *,
         step=state.step + 1, params=keep(params, state.params),
         opt_state=keep(opt_state, state.opt_state), skipped=state.skipped + skipped,
         consecutive_skipped=jnp.where(finite, 0, state.consecutive_skipped + 1))
-    metrics = {**metrics, "grad_norm": optax.global_norm(grads), "skipped": new_state.skipped,
+    metrics = {**metrics, "grad_norm": optax.tree.norm(grads), "skipped": new_state.skipped,
                "consecutive_skipped": new_state.consecutive_skipped}
     return new_state, metrics
 
