@@ -1,0 +1,292 @@
+"""The grain input pipeline: triple sources -> batches of images and tokenized caption triples.
+
+source → this process's shard (`process_index::process_count`) → seeded shuffle, reshuffled each
+epoch → decode → random resized crop (train) or shortest-side resize + centre crop (eval) → CLIP
+mean/std → tokenize the three captions → drop bad records (counted) → batch → worker processes →
+optionally global `jax.Array`s over a mesh.
+
+Batches are dicts: `image` float32 [B, S, S, 3], `tokens` int32 [B, 3, L] (original, paraphrase,
+negation) and `id` (numpy strings). The iterator's state (`get_state`/`set_state`) is JSON-able
+and restores the exact batch sequence.
+
+Bad-input policy: a record whose image is missing, unreadable, truncated or zero-size, or whose
+caption field is empty or not a string, is skipped, counted and logged once with its id and
+reason. Each epoch ends with a summary; when an epoch's skipped records exceed `max_bad_fraction`
+of its records the pipeline raises `BadDataError` naming the first offenders.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+from typing import Any, Iterator
+
+import grain
+import ml_collections
+import numpy as np
+from PIL import Image
+
+from semclip_jax.data.sources import FIELDS
+from semclip_jax.data.tokenizer import CLIPTokenizer
+from semclip_jax.data.transforms import CLIP_MEAN, CLIP_STD
+
+logger = logging.getLogger(__name__)
+_MAX_NOTES = 5  # offenders remembered per batch, and named in BadDataError
+
+
+class BadDataError(RuntimeError):
+  """Too many records of an epoch had to be skipped."""
+
+
+def default_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.batch_size = 256  # global batch size (split evenly over processes)
+  c.image_size = 224  # square side fed to the image tower
+  c.context_length = 77  # tokens per caption
+  c.train_crop = "random_resized"  # train images: "random_resized" crop or "center" (as eval)
+  c.crop_scale = (0.9, 1.0)  # random resized crop: range of the kept fraction of the image area
+  c.seed = 0  # shuffle and augmentation seed
+  c.num_epochs = ml_collections.config_dict.placeholder(int)  # train epochs; unset = forever
+  c.worker_count = 2  # grain worker processes (0: decode in the main process)
+  c.worker_buffer_size = 2  # batches each worker prepares ahead
+  c.max_bad_fraction = 0.01  # an epoch may skip at most this fraction of its records
+  return c
+
+
+# ----------------------------------------------------------------------------------------------
+# Per-record preprocessing (runs in the worker processes).
+# ----------------------------------------------------------------------------------------------
+def _to_pil(image: Any) -> Image.Image:
+  if isinstance(image, np.ndarray):
+    return Image.fromarray(image.astype(np.uint8)).convert("RGB")
+  pil = Image.open(io.BytesIO(image))
+  pil.load()  # decode now: a truncated file raises here, not later
+  return pil.convert("RGB")
+
+
+def resize_shortest_and_center_crop(pil: Image.Image, size: int) -> np.ndarray:
+  """CLIP's eval transform, as CLIPImageProcessor: bicubic resize of the shortest side to `size`
+  (long side int(size·long/short)), then the central size × size crop. uint8 HWC out."""
+  width, height = pil.size
+  short, long = min(width, height), max(width, height)
+  new_long = int(size * long / short)
+  new_w, new_h = (size, new_long) if width <= height else (new_long, size)
+  pixels = np.asarray(pil.resize((new_w, new_h), Image.Resampling.BICUBIC))
+  top, left = (new_h - size) // 2, (new_w - size) // 2
+  return pixels[top:top + size, left:left + size]
+
+
+def random_resized_crop_box(width: int, height: int, rng: np.random.Generator,
+                            scale: tuple[float, float], ratio=(3 / 4, 4 / 3)
+                            ) -> tuple[int, int, int, int]:
+  """Inception-style crop: area fraction in `scale`, log-uniform aspect ratio, clipped to fit."""
+  area = width * height * rng.uniform(*scale)
+  aspect = np.exp(rng.uniform(np.log(ratio[0]), np.log(ratio[1])))
+  w = int(round(min(width, np.sqrt(area * aspect))))
+  h = int(round(min(height, np.sqrt(area / aspect))))
+  left = int(rng.integers(0, width - w + 1))
+  top = int(rng.integers(0, height - h + 1))
+  return left, top, left + max(w, 1), top + max(h, 1)
+
+
+def normalize(pixels: np.ndarray) -> np.ndarray:
+  """uint8 HWC -> float32 with CLIP's mean/std."""
+  return ((pixels.astype(np.float32) / 255.0 - np.asarray(CLIP_MEAN, np.float32))
+          / np.asarray(CLIP_STD, np.float32))
+
+
+def _caption_error(record: dict[str, Any]) -> str | None:
+  for field in FIELDS:
+    value = record.get(field)
+    if not isinstance(value, str):
+      return f"caption field {field!r} is not a string ({type(value).__name__})"
+    if not value.strip():
+      return f"caption field {field!r} is empty"
+  return None
+
+
+class Preprocess:
+  """record -> {"image", "tokens", "id"}, or {"id", "error"} for a record to skip."""
+
+  def __init__(self, tokenizer: CLIPTokenizer, image_size: int, context_length: int,
+               crop: str, crop_scale: tuple[float, float]):
+    if crop not in ("random_resized", "center"):
+      raise ValueError(f"unknown crop {crop!r}; choose 'random_resized' or 'center'")
+    self.tokenizer = tokenizer
+    self.image_size = image_size
+    self.context_length = context_length
+    self.crop = crop
+    self.crop_scale = tuple(crop_scale)
+
+  def __call__(self, record: dict[str, Any], rng: np.random.Generator | None = None
+               ) -> dict[str, Any]:
+    ident = str(record.get("id"))
+    error = record.get("error") or _caption_error(record)
+    if error is None and record.get("image") is None:
+      error = "no image"
+    if error is None:
+      try:
+        pil = _to_pil(record["image"])
+        if min(pil.size) == 0:
+          error = "zero-size image"
+      except Exception as e:  # PIL raises many types for broken files; all mean "skip it"
+        error = f"undecodable image: {type(e).__name__}: {e}"
+    if error is not None:
+      return {"id": ident, "error": error}
+    if self.crop == "random_resized" and rng is not None:
+      box = random_resized_crop_box(*pil.size, rng, self.crop_scale)
+      pixels = np.asarray(pil.resize((self.image_size,) * 2, Image.Resampling.BICUBIC, box=box))
+    else:
+      pixels = resize_shortest_and_center_crop(pil, self.image_size)
+    tokens = self.tokenizer([record[f] for f in FIELDS], context_length=self.context_length)
+    return {"image": normalize(pixels), "tokens": tokens, "id": ident}
+
+
+# ----------------------------------------------------------------------------------------------
+# Dropping bad records with in-band counts (workers cannot share counters with the main process).
+# ----------------------------------------------------------------------------------------------
+class _DropBadIterator(grain.DatasetIterator):
+
+  def __init__(self, parent):
+    super().__init__(parent)
+    self._logged: set[str] = set()  # each bad record is logged once, not once per epoch
+
+  def __next__(self) -> dict[str, Any]:
+    skipped, notes = 0, []
+    while True:
+      element = next(self._parent)
+      if "error" not in element:
+        break
+      skipped += 1
+      if element["id"] not in self._logged:
+        self._logged.add(element["id"])
+        logger.warning("skipping record %s: %s", element["id"], element["error"])
+      if len(notes) < _MAX_NOTES:
+        notes.append(f"{element['id']}: {element['error']}")
+    return {**element, "num_skipped": np.int32(skipped), "skip_notes": "\n".join(notes)}
+
+  def get_state(self):
+    return self._parent.get_state()
+
+  def set_state(self, state):
+    self._parent.set_state(state)
+
+
+class DropBadRecords(grain.IterDataset):
+  """Drops error records; the next good one carries how many were dropped and why."""
+
+  def __iter__(self) -> _DropBadIterator:
+    return _DropBadIterator(self._parent.__iter__())
+
+
+# ----------------------------------------------------------------------------------------------
+# The pipeline.
+# ----------------------------------------------------------------------------------------------
+def build_dataset(source, config: ml_collections.ConfigDict, *, train: bool,
+                  tokenizer: CLIPTokenizer | None = None, process_index: int = 0,
+                  process_count: int = 1) -> tuple[grain.IterDataset, int]:
+  """The grain dataset of batches for this process, and its records per epoch."""
+  if config.batch_size % process_count:
+    raise ValueError(f"batch_size {config.batch_size} is not divisible by {process_count} processes")
+  ds = grain.MapDataset.source(source)[process_index::process_count]
+  epoch_size = len(ds)
+  if epoch_size == 0:
+    raise ValueError(f"{source!r} has no records for process {process_index} of {process_count}")
+  if train:
+    ds = ds.shuffle(seed=config.seed).repeat(config.num_epochs)
+  crop = config.train_crop if train else "center"
+  preprocess = Preprocess(tokenizer or CLIPTokenizer(context_length=config.context_length),
+                          config.image_size, config.context_length, crop, config.crop_scale)
+  ds = ds.random_map(preprocess, seed=config.seed) if train else ds.map(preprocess)
+  batches = DropBadRecords(ds.to_iter_dataset()).batch(config.batch_size // process_count,
+                                                       drop_remainder=train)
+  if config.worker_count > 0:
+    _allow_grain_workers()
+    batches = batches.mp_prefetch(grain.MultiprocessingOptions(
+        num_workers=config.worker_count, per_worker_buffer_size=config.worker_buffer_size))
+  return batches, epoch_size
+
+
+def _allow_grain_workers() -> None:
+  # grain's worker processes read absl flags; outside absl.app (tests, notebooks) none were parsed.
+  from absl import flags  # pylint: disable=import-outside-toplevel
+
+  if not flags.FLAGS.is_parsed():
+    flags.FLAGS.mark_as_parsed()
+
+
+class InputPipeline:
+  """Iterator of batches with the bad-record accounting and a checkpointable state."""
+
+  def __init__(self, dataset: grain.IterDataset, epoch_size: int, max_bad_fraction: float,
+               mesh=None):
+    self._iterator = iter(dataset)
+    self.epoch_size = epoch_size
+    self.max_bad_fraction = max_bad_fraction
+    self.mesh = mesh
+    self._counts = {"epoch": 0, "seen_in_epoch": 0, "skipped_in_epoch": 0, "skipped_total": 0}
+    self._notes: list[str] = []
+
+  def __iter__(self) -> Iterator[dict[str, Any]]:
+    return self
+
+  def __next__(self) -> dict[str, Any]:
+    batch = next(self._iterator)
+    skipped = int(np.sum(batch.pop("num_skipped")))
+    notes = [n for joined in np.atleast_1d(batch.pop("skip_notes")) for n in str(joined).split("\n") if n]
+    self._account(len(batch["id"]), skipped, notes)
+    if self.mesh is not None:
+      from semclip_jax.sharding import global_batch  # pylint: disable=import-outside-toplevel
+
+      batch.update(global_batch({k: batch[k] for k in ("image", "tokens")}, self.mesh))
+    return batch
+
+  def _account(self, good: int, skipped: int, notes: list[str]) -> None:
+    c = self._counts
+    c["seen_in_epoch"] += good + skipped
+    c["skipped_in_epoch"] += skipped
+    c["skipped_total"] += skipped
+    self._notes = (self._notes + notes)[:_MAX_NOTES]
+    if c["skipped_in_epoch"] > self.max_bad_fraction * self.epoch_size:
+      raise BadDataError(
+          f"skipped {c['skipped_in_epoch']} bad records in epoch {c['epoch']}, more than "
+          f"max_bad_fraction={self.max_bad_fraction} of its {self.epoch_size} records; first "
+          "offenders:\n  " + "\n  ".join(self._notes))
+    if c["seen_in_epoch"] >= self.epoch_size:
+      logger.info("input epoch %d done: %d records, %d skipped as bad", c["epoch"],
+                  c["seen_in_epoch"], c["skipped_in_epoch"])
+      c.update(epoch=c["epoch"] + 1, seen_in_epoch=c["seen_in_epoch"] - self.epoch_size,
+               skipped_in_epoch=0)
+      self._notes = []
+
+  @property
+  def skipped(self) -> int:
+    return self._counts["skipped_total"]
+
+  def get_state(self) -> dict[str, Any]:
+    return {"grain": self._iterator.get_state(), "counts": dict(self._counts),
+            "notes": list(self._notes)}
+
+  def set_state(self, state: dict[str, Any]) -> None:
+    self._iterator.set_state(state["grain"])
+    self._counts = dict(state["counts"])
+    self._notes = list(state["notes"])
+
+  def close(self) -> None:
+    """Stops the worker processes (also done at garbage collection, but not reliably)."""
+    close = getattr(self._iterator, "close", None)
+    if close is not None:
+      close()
+
+
+def make_pipeline(source, config: ml_collections.ConfigDict, *, train: bool, mesh=None,
+                  tokenizer: CLIPTokenizer | None = None, process_index: int | None = None,
+                  process_count: int | None = None) -> InputPipeline:
+  """The input pipeline of this process (jax.process_index / process_count by default)."""
+  if process_index is None or process_count is None:
+    import jax  # pylint: disable=import-outside-toplevel
+
+    process_index, process_count = jax.process_index(), jax.process_count()
+  dataset, epoch_size = build_dataset(source, config, train=train, tokenizer=tokenizer,
+                                      process_index=process_index, process_count=process_count)
+  return InputPipeline(dataset, epoch_size, config.max_bad_fraction, mesh)

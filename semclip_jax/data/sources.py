@@ -1,0 +1,218 @@
+"""Random-access sources of caption triples: the paper's CSV layouts (and any CSV/JSONL) and ArrayRecord.
+
+Every source yields dicts with `image` (encoded bytes, or uint8 HWC for generated data), `caption`,
+`paraphrase`, `negation` and `id`. A record whose image cannot be read carries `image=None` and an
+`error` saying why: the pipeline skips and counts it (bad-input policy), nothing raises mid-epoch.
+
+Splits are by *image*: all captions of one image land in the same split (the official code's random
+row split leaks images between SugarCrepe++ train and test).
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import os
+from typing import Any, Mapping, Sequence
+
+import msgpack
+import numpy as np
+
+FIELDS = ("caption", "paraphrase", "negation")
+SPLITS = ("train", "val", "test")
+CCNEG_EVAL_ITEMS = 40_000  # CC-Neg's official evaluation split: its last 40,000 items
+
+# The paper's two CSV layouts: our field -> their column. "image" is the column naming the file.
+LAYOUTS: dict[str, dict[str, str]] = {
+    "ccneg": {"image": "image_number", "caption": "caption", "paraphrase": "paraphrased",
+              "negation": "negation"},
+    "sugarcrepe_pp": {"image": "filename", "caption": "caption", "paraphrase": "paraphrased",
+                      "negation": "negation"},
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Triple:
+  id: str
+  image: str  # file name, relative to the image folder
+  caption: Any
+  paraphrase: Any
+  negation: Any
+  split: str | None = None  # from an explicit split column, when the file has one
+
+
+def _ccneg_file(value: str) -> str:
+  return f"{int(value):09d}.jpg"
+
+
+def detect_layout(columns: Sequence[str]) -> str | None:
+  for name, mapping in LAYOUTS.items():
+    if set(mapping.values()) <= set(columns):
+      return name
+  return None
+
+
+def _read_rows(path: str) -> tuple[list[str], list[dict[str, Any]], int]:
+  """(header, rows, number of the first data row) of a CSV (header row 1) or a JSONL file."""
+  with open(path, newline="", encoding="utf-8") as f:
+    if not path.endswith((".jsonl", ".json")):
+      reader = csv.DictReader(f)
+      return list(reader.fieldnames or []), list(reader), 2
+    rows = []
+    for line_number, line in enumerate(f, 1):
+      if line.strip():
+        try:
+          rows.append(json.loads(line))
+        except json.JSONDecodeError as e:
+          raise ValueError(f"{path}:{line_number}: not a JSON object: {e}") from e
+    return sorted(set().union(*(r.keys() for r in rows))) if rows else [], rows, 1
+
+
+def read_triples(path: str, *, layout: str | None = None, columns: Mapping[str, str] | None = None,
+                 split_column: str | None = None) -> list[Triple]:
+  """Reads a CSV or JSONL of triples. `layout` ("ccneg", "sugarcrepe_pp") or `columns` (our field
+  -> column, needing "image", "caption", "paraphrase", "negation", optionally "id"); by default
+  the layout is detected from the header. A missing column fails here, naming column and file."""
+  header, rows, first_row = _read_rows(path)
+  if columns is None:
+    layout = layout or detect_layout(header)
+    if layout is None:
+      raise ValueError(f"{path}: columns {header} match no known layout {sorted(LAYOUTS)}; pass "
+                       "a column mapping (image, caption, paraphrase, negation)")
+    if layout not in LAYOUTS:
+      raise ValueError(f"unknown layout {layout!r}; choose one of {sorted(LAYOUTS)}")
+    columns = LAYOUTS[layout]
+  for field in ("image", *FIELDS):
+    if field not in columns:
+      raise ValueError(f"column mapping for {path} lacks the field {field!r}")
+    if columns[field] not in header:
+      raise ValueError(f"{path}: required column {columns[field]!r} (for {field}) is missing; "
+                       f"columns are {header}")
+  if split_column is not None and split_column not in header:
+    raise ValueError(f"{path}: split column {split_column!r} is missing; columns are {header}")
+  aliases = {"validation": "val", "valid": "val", "eval": "test"}
+  to_file = _ccneg_file if layout == "ccneg" else str
+  triples = []
+  for row_number, row in enumerate(rows, first_row):
+    try:
+      image = to_file(row[columns["image"]])
+    except (TypeError, ValueError) as e:
+      raise ValueError(f"{path}: row {row_number}: bad {columns['image']!r} value "
+                       f"{row[columns['image']]!r}: {e}") from e
+    ident = str(row[columns["id"]]) if "id" in columns else f"{os.path.basename(path)}:{row_number}"
+    label = None
+    if split_column is not None:
+      label = str(row.get(split_column, "")).strip().lower()
+      label = aliases.get(label, label)
+    triples.append(Triple(ident, image, *(row.get(columns[f]) for f in FIELDS), split=label))
+  return triples
+
+
+def split_by_image(triples: Sequence[Triple], split: str, *, ratios: Sequence[float] = (0.8, 0.1, 0.1),
+                   seed: int = 0) -> list[Triple]:
+  """The triples of `split` ("train", "val", "test"), whole images assigned to one split.
+
+  Unique images are sorted, permuted with `seed`, and cut by `ratios`: deterministic, and no image
+  appears in two splits.
+  """
+  if split not in SPLITS:
+    raise ValueError(f"unknown split {split!r}; choose one of {SPLITS}")
+  if len(ratios) != 3 or min(ratios) < 0 or not np.isclose(sum(ratios), 1.0):
+    raise ValueError(f"split ratios must be three non-negative numbers summing to 1, got {ratios}")
+  images = sorted({t.image for t in triples})
+  order = np.random.default_rng(seed).permutation(len(images))
+  bounds = np.round(np.cumsum([0, *ratios]) * len(images)).astype(int)
+  index = SPLITS.index(split)
+  chosen = {images[i] for i in order[bounds[index]:bounds[index + 1]]}
+  return [t for t in triples if t.image in chosen]
+
+
+def ccneg_official_split(triples: Sequence[Triple], split: str) -> list[Triple]:
+  """CC-Neg's release split: the last 40,000 items evaluate ("test"), the rest train."""
+  if split == "train":
+    return list(triples[:-CCNEG_EVAL_ITEMS])
+  if split == "test":
+    return list(triples[-CCNEG_EVAL_ITEMS:])
+  raise ValueError(f"CC-Neg's official split has 'train' and 'test', not {split!r}")
+
+
+class TripleFileSource:
+  """grain random-access source over triples whose images are files in `image_dir`."""
+
+  def __init__(self, triples: Sequence[Triple], image_dir: str):
+    self.triples = list(triples)
+    self.image_dir = image_dir
+
+  def __len__(self) -> int:
+    return len(self.triples)
+
+  def __getitem__(self, index: int) -> dict[str, Any]:
+    t = self.triples[index]
+    record = {"id": t.id, "caption": t.caption, "paraphrase": t.paraphrase, "negation": t.negation}
+    path = os.path.join(self.image_dir, t.image)
+    try:
+      with open(path, "rb") as f:
+        return {**record, "image": f.read()}
+    except OSError as e:
+      return {**record, "image": None, "error": f"cannot read image {path}: {e.strerror or e}"}
+
+  def __repr__(self) -> str:
+    return f"TripleFileSource({len(self)} triples, image_dir={self.image_dir!r})"
+
+
+def csv_source(path: str, image_dir: str, *, split: str | None = "train", layout: str | None = None,
+               columns: Mapping[str, str] | None = None, split_column: str | None = None,
+               ratios: Sequence[float] = (0.8, 0.1, 0.1), split_seed: int = 0,
+               ccneg_official: bool = False) -> TripleFileSource:
+  """A CSV/JSONL of triples + an image folder, restricted to `split` (None: every row).
+
+  The split comes from `split_column` if given, CC-Neg's official split if `ccneg_official`, and
+  otherwise from a seeded split by image with `ratios`.
+  """
+  triples = read_triples(path, layout=layout, columns=columns, split_column=split_column)
+  if split is not None:
+    if split_column is not None:
+      triples = [t for t in triples if t.split == split]
+    elif ccneg_official:
+      triples = ccneg_official_split(triples, split)
+    else:
+      triples = split_by_image(triples, split, ratios=ratios, seed=split_seed)
+  return TripleFileSource(triples, image_dir)
+
+
+# ----------------------------------------------------------------------------------------------
+# ArrayRecord shards written by `python -m semclip_jax.data.prepare`.
+# ----------------------------------------------------------------------------------------------
+def encode_record(id: str, image: bytes, caption: str, paraphrase: str, negation: str) -> bytes:  # pylint: disable=redefined-builtin
+  """One ArrayRecord record: a msgpack map of the id, the encoded image and the three captions."""
+  return msgpack.packb({"id": id, "image": image, "caption": caption, "paraphrase": paraphrase,
+                        "negation": negation}, use_bin_type=True)
+
+
+def decode_record(data: bytes) -> dict[str, Any]:
+  return msgpack.unpackb(data, raw=False)
+
+
+class ArrayRecordSource:
+  """grain random-access source over ArrayRecord shards of encoded triples."""
+
+  def __init__(self, paths: str | Sequence[str]):
+    import grain  # pylint: disable=import-outside-toplevel
+
+    if isinstance(paths, str):
+      paths = [os.path.join(paths, n) for n in sorted(os.listdir(paths))
+               if n.endswith(".array_record")] if os.path.isdir(paths) else [paths]
+    if not paths:
+      raise FileNotFoundError("no .array_record shards given (or none in the folder)")
+    self.paths = list(paths)
+    self._records = grain.sources.ArrayRecordDataSource(self.paths)
+
+  def __len__(self) -> int:
+    return len(self._records)
+
+  def __getitem__(self, index: int) -> dict[str, Any]:
+    return decode_record(self._records[index])
+
+  def __repr__(self) -> str:
+    return f"ArrayRecordSource({len(self.paths)} shards, {len(self)} records)"

@@ -1,0 +1,224 @@
+"""Sources and the grain pipeline: keys and shapes, determinism, sharding, exact resume, bad input."""
+
+import csv
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
+
+from semclip_jax.data import input_pipeline, sources
+from semclip_jax.data.tokenizer import CLIPTokenizer
+from semclip_jax.hf import preprocessor_config
+
+N = 24
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+  return CLIPTokenizer()
+
+
+def _write_dataset(folder, n=N, bad=()):
+  """n JPEGs of varied sizes and a SugarCrepe++-layout CSV; `bad` names defects to plant."""
+  rng = np.random.default_rng(0)
+  (folder / "images").mkdir(parents=True, exist_ok=True)
+  rows = []
+  for i in range(n):
+    pixels = rng.integers(0, 256, (20 + 3 * i, 48 - i, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(folder / "images" / f"{i:03d}.jpg", quality=95)
+    rows.append({"filename": f"{i:03d}.jpg", "caption": f"a photo number {i}",
+                 "paraphrased": f"picture number {i}", "negation": f"not a photo number {i}"})
+  if "missing" in bad:
+    rows[3]["filename"] = "nowhere.jpg"
+  if "corrupt" in bad:
+    (folder / "images" / "005.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
+  if "truncated" in bad:
+    data = (folder / "images" / "007.jpg").read_bytes()
+    (folder / "images" / "007.jpg").write_bytes(data[:len(data) // 2])
+  if "empty_caption" in bad:
+    rows[11]["negation"] = "   "
+  with open(folder / "triples.csv", "w", newline="", encoding="utf-8") as f:
+    writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+  return folder / "triples.csv", folder / "images"
+
+
+def _config(**overrides):
+  config = input_pipeline.default_config()
+  config.update(batch_size=4, image_size=16, context_length=12, worker_count=0, seed=3)
+  config.update(**overrides)
+  return config
+
+
+def _take(pipeline, k):
+  batches = [next(pipeline) for _ in range(k)]
+  pipeline.close()
+  return batches
+
+
+def _same(a, b):
+  assert len(a) == len(b)
+  for x, y in zip(a, b):
+    assert x.keys() == y.keys()
+    for key in x:
+      np.testing.assert_array_equal(x[key], y[key])
+
+
+def test_csv_source_yields_documented_keys(tmp_path):
+  path, images = _write_dataset(tmp_path)
+  source = sources.csv_source(str(path), str(images), split=None)
+  record = source[0]
+  assert set(record) == {"id", "image", "caption", "paraphrase", "negation"}
+  assert isinstance(record["image"], bytes) and record["caption"] == "a photo number 0"
+  assert len(source) == N
+
+
+@pytest.mark.parametrize("train", [True, False])
+def test_batches_have_configured_shapes(tmp_path, tokenizer, train):
+  path, images = _write_dataset(tmp_path)
+  source = sources.csv_source(str(path), str(images), split=None)
+  batch = _take(input_pipeline.make_pipeline(source, _config(), train=train, tokenizer=tokenizer), 1)[0]
+  assert set(batch) == {"image", "tokens", "id"}
+  assert batch["image"].shape == (4, 16, 16, 3) and batch["image"].dtype == np.float32
+  assert batch["tokens"].shape == (4, 3, 12) and batch["tokens"].dtype == np.int32
+  assert batch["id"].shape == (4,)
+  row = list(batch["id"]).index(batch["id"][0])
+  caption = source.triples[int(str(batch["id"][row]).split(":")[1]) - 2]
+  np.testing.assert_array_equal(batch["tokens"][row], tokenizer(
+      [caption.caption, caption.paraphrase, caption.negation], context_length=12))
+
+
+def test_eval_transform_equals_transformers_clip_image_processor():
+  rng = np.random.default_rng(1)
+  processor = CLIPImageProcessorPil(**{k: v for k, v in preprocessor_config(32).items()
+                                       if k not in ("image_processor_type", "processor_class")})
+  for shape in [(50, 70, 3), (91, 37, 3), (300, 400, 3)]:
+    image = Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8))
+    expected = np.asarray(processor(images=[image])["pixel_values"][0]).transpose(1, 2, 0)
+    ours = input_pipeline.normalize(input_pipeline.resize_shortest_and_center_crop(image, 32))
+    np.testing.assert_allclose(ours, expected, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_same_seed_same_batches_and_exact_resume(tmp_path, tokenizer, workers):
+  path, images = _write_dataset(tmp_path)
+  source = sources.csv_source(str(path), str(images), split=None)
+  config = _config(worker_count=workers)
+  make = lambda: input_pipeline.make_pipeline(source, config, train=True, tokenizer=tokenizer)
+  uninterrupted = _take(make(), 10)  # 40 records: crosses the 24-record epoch boundary
+  _same(uninterrupted, _take(make(), 10))
+
+  first = make()
+  head = [next(first) for _ in range(4)]
+  state = json.loads(json.dumps(first.get_state()))  # the state survives a JSON round trip
+  first.close()
+  resumed = make()
+  resumed.set_state(state)
+  _same(head + _take(resumed, 6), uninterrupted)
+
+  other_seed = _take(input_pipeline.make_pipeline(source, _config(worker_count=workers, seed=4),
+                                                  train=True, tokenizer=tokenizer), 1)
+  assert not np.array_equal(other_seed[0]["id"], uninterrupted[0]["id"])
+
+
+def test_epochs_are_reshuffled_and_cover_the_data(tmp_path, tokenizer):
+  path, images = _write_dataset(tmp_path)
+  source = sources.csv_source(str(path), str(images), split=None)
+  batches = _take(input_pipeline.make_pipeline(source, _config(batch_size=6), train=True,
+                                               tokenizer=tokenizer), 8)
+  ids = np.concatenate([b["id"] for b in batches])
+  first, second = ids[:N], ids[N:]
+  assert sorted(first) == sorted(second) == sorted(t.id for t in source.triples)
+  assert list(first) != list(second)
+
+
+def test_processes_get_disjoint_shards_that_cover_the_dataset(tmp_path, tokenizer):
+  path, images = _write_dataset(tmp_path)
+  source = sources.csv_source(str(path), str(images), split=None)
+  seen = []
+  for process in range(3):
+    pipeline = input_pipeline.make_pipeline(source, _config(batch_size=3), train=False,
+                                            tokenizer=tokenizer, process_index=process,
+                                            process_count=3)
+    seen.append([i for batch in pipeline for i in batch["id"]])
+    pipeline.close()
+  assert all(len(ids) == N // 3 for ids in seen)
+  assert set().union(*map(set, seen)) == {t.id for t in source.triples}
+  assert sum(map(len, seen)) == N
+
+
+def test_bad_records_are_skipped_and_counted(tmp_path, tokenizer, caplog):
+  path, images = _write_dataset(tmp_path, bad=("missing", "corrupt", "truncated", "empty_caption"))
+  source = sources.csv_source(str(path), str(images), split=None)
+  pipeline = input_pipeline.make_pipeline(source, _config(batch_size=5, max_bad_fraction=0.2),
+                                          train=False, tokenizer=tokenizer)
+  ids = [i for batch in pipeline for i in batch["id"]]
+  bad = {"triples.csv:5", "triples.csv:7", "triples.csv:9", "triples.csv:13"}  # CSV line numbers
+  assert len(ids) == N - 4 and not bad & set(ids)
+  assert pipeline.skipped == 4
+  logged = "\n".join(r.getMessage() for r in caplog.records)
+  for ident, reason in [("triples.csv:5", "nowhere.jpg"), ("triples.csv:7", "undecodable image"),
+                        ("triples.csv:9", "truncated"), ("triples.csv:13", "'negation' is empty")]:
+    assert ident in logged and reason in logged, (ident, reason)
+
+
+def test_too_many_bad_records_raise_naming_offenders(tmp_path, tokenizer):
+  path, images = _write_dataset(tmp_path, bad=("missing", "corrupt", "truncated", "empty_caption"))
+  source = sources.csv_source(str(path), str(images), split=None)
+  for workers in (0, 2):
+    pipeline = input_pipeline.make_pipeline(source, _config(batch_size=4, worker_count=workers),
+                                            train=True, tokenizer=tokenizer)
+    with pytest.raises(input_pipeline.BadDataError, match=r"(?s)max_bad_fraction=0.01.*triples\.csv:"):
+      for _ in range(20):
+        next(pipeline)
+    pipeline.close()
+
+
+def test_zero_size_and_non_string_fields():
+  preprocess = input_pipeline.Preprocess(CLIPTokenizer(), 16, 8, "center", (0.9, 1.0))
+  good = {"id": "a", "caption": "x", "paraphrase": "y", "negation": "z"}
+  assert preprocess({**good, "image": np.zeros((0, 5, 3), np.uint8)})["error"] == "zero-size image"
+  assert "not a string" in preprocess({**good, "negation": None, "image": b""})["error"]
+  ok = preprocess({**good, "image": np.full((9, 13, 3), 200, np.uint8)})
+  assert ok["image"].shape == (16, 16, 3) and "error" not in ok
+
+
+def test_missing_column_fails_at_start_naming_column_and_file(tmp_path):
+  path, images = _write_dataset(tmp_path)
+  text = path.read_text().replace("negation", "negated")
+  path.write_text(text)
+  with pytest.raises(ValueError, match=r"triples\.csv.*(match no known layout|'negation')"):
+    sources.csv_source(str(path), str(images))
+  columns = {"image": "filename", "caption": "caption", "paraphrase": "paraphrased",
+             "negation": "negation"}
+  with pytest.raises(ValueError, match=r"triples\.csv: required column 'negation'"):
+    sources.csv_source(str(path), str(images), columns=columns)
+
+
+def test_split_column_and_ccneg_layout(tmp_path):
+  rows = [{"image_number": str(i), "caption": f"c{i}", "paraphrased": f"p{i}", "negation": f"n{i}",
+           "split": ["train", "validation", "test"][i % 3]} for i in range(9)]
+  path = tmp_path / "ccneg.jsonl"
+  path.write_text("\n".join(json.dumps(r) for r in rows))
+  triples = sources.read_triples(str(path))
+  assert triples[4].image == "000000004.jpg"
+  val = sources.csv_source(str(path), str(tmp_path), split="val", split_column="split")
+  assert [t.caption for t in val.triples] == ["c1", "c4", "c7"]
+  assert len(sources.ccneg_official_split(triples * 5000, "test")) == sources.CCNEG_EVAL_ITEMS
+
+
+def test_real_sugarcrepe_csv_parses_and_splits_by_image(sugarcrepe_csv):
+  triples = sources.read_triples(str(sugarcrepe_csv))
+  assert len(triples) == 4757 and len({t.image for t in triples}) == 1542
+  assert all(isinstance(getattr(t, f), str) and getattr(t, f) for t in triples for f in sources.FIELDS)
+  splits = {s: sources.split_by_image(triples, s) for s in sources.SPLITS}
+  images = {s: {t.image for t in ts} for s, ts in splits.items()}
+  assert sum(len(ts) for ts in splits.values()) == 4757
+  assert not images["train"] & images["val"] and not images["train"] & images["test"]
+  assert not images["val"] & images["test"]
+  assert 0.75 < len(images["train"]) / 1542 < 0.85
+  again = sources.split_by_image(triples, "test")
+  assert [t.id for t in again] == [t.id for t in splits["test"]]
