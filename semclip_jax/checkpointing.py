@@ -1,0 +1,87 @@
+"""Checkpoints: orbax CheckpointManager over the train state and the input iterator's state.
+
+Each checkpoint step holds two items: `state` (the whole `TrainState`: parameters, optimizer
+state, step and skip counters) and `data` (the input pipeline's JSON state), so a restarted run
+sees exactly the batches it would have seen. Saves are asynchronous; orbax writes each step to a
+temporary folder and renames it when complete, so a checkpoint that was being written when the
+process died is never listed, hence never restored. The last `keep` checkpoints are kept, plus the
+`keep_best` best by an evaluation metric.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+
+STATE, DATA = "state", "data"
+
+
+class Checkpointer:
+  """Save/restore of (train state, data iterator state) under `directory`."""
+
+  def __init__(self, directory: str, *, keep: int = 3, keep_best: int = 0,
+               best_metric: str | None = None, best_mode: str = "max", async_save: bool = True):
+    if keep_best and not best_metric:
+      raise ValueError("checkpoint.keep_best needs checkpoint.best_metric (an evaluator metric)")
+    if best_mode not in ("max", "min"):
+      raise ValueError(f"checkpoint.best_mode must be 'max' or 'min', got {best_mode!r}")
+    policies = [ocp.checkpoint_managers.LatestN(keep)]
+    if keep_best:
+      policies.append(ocp.checkpoint_managers.BestN(
+          get_metric_fn=lambda metrics: metrics[best_metric], reverse=best_mode == "min",
+          n=keep_best, keep_checkpoints_without_metrics=False))
+    options = ocp.CheckpointManagerOptions(
+        preservation_policy=ocp.checkpoint_managers.AnyPreservationPolicy(policies),
+        enable_async_checkpointing=async_save, create=True)
+    self.directory = os.path.abspath(directory)
+    self._manager = ocp.CheckpointManager(self.directory, options=options, item_names=(STATE, DATA))
+
+  def latest_step(self) -> int | None:
+    return self._manager.latest_step()
+
+  def all_steps(self) -> list[int]:
+    return list(self._manager.all_steps())
+
+  def save(self, step: int, state: Any, data_state: dict[str, Any] | None,
+           metrics: dict[str, float] | None = None) -> None:
+    """Starts an (asynchronous) save of `state` and the iterator state at `step`."""
+    items = {STATE: ocp.args.StandardSave(state),
+             DATA: ocp.args.JsonSave(data_state if data_state is not None else {})}
+    self._manager.save(step, args=ocp.args.Composite(**items), metrics=metrics, force=True)
+
+  def restore(self, step: int, abstract_state: Any = None) -> tuple[Any, dict[str, Any]]:
+    """Restores step `step` into the shapes, dtypes and shardings of `abstract_state` (None: as
+    saved, e.g. to inspect a checkpoint)."""
+    restored = self._manager.restore(step, args=ocp.args.Composite(**{
+        STATE: ocp.args.StandardRestore(abstract_state), DATA: ocp.args.JsonRestore()}))
+    return restored[STATE], restored[DATA]
+
+  def wait(self) -> None:
+    """Blocks until pending asynchronous saves are on disk."""
+    self._manager.wait_until_finished()
+
+  def close(self) -> None:
+    self._manager.close()
+
+
+def abstract_like(tree: Any) -> Any:
+  """ShapeDtypeStructs (with shardings) of a tree of arrays: the restore target."""
+  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), tree)
+
+
+def write_config(workdir: str, config_json: str) -> None:
+  """Saves the run's config as `workdir/config.json` (atomically), beside the checkpoints."""
+  os.makedirs(workdir, exist_ok=True)
+  path = os.path.join(workdir, "config.json")
+  with open(path + ".tmp", "w", encoding="utf-8") as f:
+    f.write(config_json)
+  os.replace(path + ".tmp", path)
+
+
+def read_config_json(workdir: str) -> dict[str, Any]:
+  with open(os.path.join(workdir, "config.json"), encoding="utf-8") as f:
+    return json.load(f)

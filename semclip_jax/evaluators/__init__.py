@@ -1,0 +1,22 @@
+"""Evaluators chosen by config: each has `run(model, mesh)` yielding (metric name, value)."""
+
+from __future__ import annotations
+
+import ml_collections
+
+from semclip_jax.evaluators.ccneg import CCNegEvaluator
+from semclip_jax.evaluators.retrieval import RetrievalEvaluator
+
+EVALUATORS = {"ccneg": CCNegEvaluator, "retrieval": RetrievalEvaluator}
+
+
+def make_evaluator(eval_config: ml_collections.ConfigDict, data_config: ml_collections.ConfigDict):
+  """An evaluator from `config.evals.<name>` ({type, every_steps, data overrides})."""
+  from semclip_jax.data import make_source  # pylint: disable=import-outside-toplevel
+
+  kind = eval_config.type
+  if kind not in EVALUATORS:
+    raise ValueError(f"unknown evaluator type {kind!r}; choose one of {sorted(EVALUATORS)}")
+  data = ml_collections.ConfigDict(data_config.to_dict())
+  data.update(eval_config.get("data", {}))
+  return EVALUATORS[kind](make_source(data, split=data.eval_split), data)

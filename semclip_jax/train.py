@@ -1,0 +1,287 @@
+"""train_and_evaluate(config, workdir): the trainer, read top to bottom in sections.
+
+mesh · data · model and optimizer · restore · step · evaluators · loop · end (save, evaluate,
+results table, Hugging Face export). Restarting with the same workdir resumes from the last
+checkpoint, input iterator included; SIGTERM/SIGINT save a checkpoint and stop cleanly.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from semclip_jax import checkpointing, hf, objective, optim, sharding, train_step
+from semclip_jax import data as data_lib
+from semclip_jax.data import input_pipeline
+from semclip_jax.evaluators import make_evaluator
+from semclip_jax.metrics_writer import MetricsWriter, results_table
+from semclip_jax.models import create_clip, get_preset
+
+logger = logging.getLogger(__name__)
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """Every field the trainer reads, with defaults; config files override what they need."""
+  c = ml_collections.ConfigDict()
+  c.seed = 0  # model initialisation seed
+  c.total_steps = 1000  # optimizer updates
+  c.log_every_steps = 10  # metrics to JSONL / TensorBoard / progress bar
+  c.max_consecutive_skips = 10  # non-finite steps in a row before training stops
+  c.model = ml_collections.ConfigDict()
+  c.model.preset = "tiny"  # tiny | B/32 | B/16 | L/14 (ignored when init_from is set)
+  c.model.init_from = ""  # a Hugging Face CLIP folder or hub id to start from
+  c.model.dtype = "float32"  # compute dtype: float32 | bfloat16 (parameters stay float32)
+  c.loss = objective.default_config()
+  c.optim = optim.default_config()
+  c.data = data_lib.default_config()
+  c.mesh = ml_collections.ConfigDict()
+  c.mesh.data = -1  # devices on the data axis (−1: all that fsdp leaves)
+  c.mesh.fsdp = 1  # devices parameters are split over
+  c.mesh.rules = ()  # (regex, spec) partition rules before the FSDP default
+  c.mesh.num_devices = -1  # use the first N devices only (−1: all)
+  c.checkpoint = ml_collections.ConfigDict()
+  c.checkpoint.every_steps = 500  # also saved at the end and on SIGTERM
+  c.checkpoint.keep = 3  # most recent checkpoints kept
+  c.checkpoint.keep_best = 0  # best checkpoints kept by best_metric
+  c.checkpoint.best_metric = ""  # e.g. "ccneg/accuracy"
+  c.checkpoint.best_mode = "max"
+  c.checkpoint.async_save = True
+  c.evals = ml_collections.ConfigDict()  # name -> {type, every_steps, data: overrides}
+  c.export_hf = True  # write workdir/hf at the end
+  c.progress_bar = True
+  return c
+
+
+# ----------------------------------------------------------------------------------------------
+# Config checks that must fail before anything compiles.
+# ----------------------------------------------------------------------------------------------
+def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None:
+  if config.loss.name not in objective.LOSS_NAMES:
+    raise ValueError(f"config.loss.name={config.loss.name!r} is not one of {list(objective.LOSS_NAMES)}")
+  if config.model.dtype not in DTYPES:
+    raise ValueError(f"config.model.dtype={config.model.dtype!r} is not one of {list(DTYPES)}")
+  micro = config.data.batch_size // max(config.optim.grad_accum_steps, 1)
+  if config.data.batch_size % config.optim.grad_accum_steps or micro % num_devices:
+    raise ValueError(f"config.data.batch_size={config.data.batch_size} must split into "
+                     f"config.optim.grad_accum_steps={config.optim.grad_accum_steps} micro-batches "
+                     f"divisible by the {num_devices} devices")
+  if config.total_steps <= 0:
+    raise ValueError(f"config.total_steps must be positive, got {config.total_steps}")
+  for name, eval_config in config.evals.items():
+    if eval_config.get("type") not in ("ccneg", "retrieval"):
+      raise ValueError(f"config.evals.{name}.type={eval_config.get('type')!r} is not a known evaluator")
+
+
+def _eval_data_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  data = ml_collections.ConfigDict(config.data.to_dict())
+  data.update(worker_count=0, max_bad_fraction=1.0)
+  return data
+
+
+def build_model(config: ml_collections.ConfigDict):
+  dtype = DTYPES[config.model.dtype]
+  if config.model.init_from:
+    return hf.load_hf_clip(config.model.init_from, dtype=dtype)
+  return create_clip(get_preset(config.model.preset), seed=config.seed, dtype=dtype)
+
+
+def build_train_state(config: ml_collections.ConfigDict, mesh):
+  """(graphdef, sharded TrainState, its shardings, optimizer) for a fresh run of `config`."""
+  model = build_model(config)
+  trainee = train_step.Trainee(model, objective.Objective(config.loss, model.config.projection_dim))
+  tx = optim.make_optimizer(config.optim, config.total_steps)
+  graphdef, state = train_step.create_train_state(trainee, tx, tuple(config.optim.freeze))
+  state, state_shardings = train_step.shard_train_state(state, mesh, tuple(config.mesh.rules))
+  return graphdef, state, state_shardings, tx
+
+
+def make_checkpointer(config: ml_collections.ConfigDict, workdir: str) -> checkpointing.Checkpointer:
+  return checkpointing.Checkpointer(
+      os.path.join(workdir, "checkpoints"), keep=config.checkpoint.keep,
+      keep_best=config.checkpoint.keep_best, best_metric=config.checkpoint.best_metric or None,
+      best_mode=config.checkpoint.best_mode, async_save=config.checkpoint.async_save)
+
+
+def make_mesh(config: ml_collections.ConfigDict):
+  devices = jax.devices()[:config.mesh.num_devices] if config.mesh.num_devices > 0 else None
+  return sharding.make_mesh(config.mesh.data, config.mesh.fsdp, devices=devices)
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
+  """Trains per `config` in `workdir` (resuming if it holds checkpoints); returns final evals."""
+  # ---- mesh ----------------------------------------------------------------------------------
+  mesh = make_mesh(config)
+  validate_config(config, mesh.size)
+  is_main = jax.process_index() == 0
+  logger.info("devices: %d (%d local) on %d process(es); mesh %s", jax.device_count(),
+              jax.local_device_count(), jax.process_count(), dict(mesh.shape))
+  if is_main:
+    checkpointing.write_config(workdir, config.to_json_best_effort(indent=2))
+
+  # ---- data ----------------------------------------------------------------------------------
+  train_source = data_lib.make_source(config.data, split=config.data.train_split)
+  evaluators = {name: (c, make_evaluator(c, _eval_data_config(config)))
+                for name, c in config.evals.items()}
+  pipeline = input_pipeline.make_pipeline(train_source, config.data, train=True, mesh=mesh)
+
+  # ---- model and optimizer, restore -----------------------------------------------------------
+  graphdef, state, state_shardings, tx = build_train_state(config, mesh)
+  checkpointer = make_checkpointer(config, workdir)
+  start = checkpointer.latest_step()
+  if start is not None:
+    state, data_state = checkpointer.restore(start, checkpointing.abstract_like(state))
+    pipeline.set_state(data_state)
+    logger.info("resumed from step %d in %s", start, checkpointer.directory)
+  start = int(state.step)
+
+  # ---- step ------------------------------------------------------------------------------------
+  step_fn = train_step.make_train_step(graphdef, tx, mesh=mesh, state_shardings=state_shardings,
+                                       grad_accum_steps=config.optim.grad_accum_steps)
+
+  def current_model():
+    return nnx_merge(graphdef, state).model
+
+  def run_evals(step: int, names) -> dict[str, float]:
+    results = {}
+    for name in names:
+      _, evaluator = evaluators[name]
+      for key, value in evaluator.run(current_model(), mesh):
+        results[f"{name}/{key}"] = float(value)
+    if results:
+      writer.write(step, results)
+    return results
+
+  # ---- loop ------------------------------------------------------------------------------------
+  writer = MetricsWriter(workdir, enabled=is_main)
+  stop = {"signal": None}
+  previous = {s: signal.signal(s, lambda signum, _: stop.update(signal=signum))
+              for s in (signal.SIGTERM, signal.SIGINT)}
+  progress = _progress_bar(config, start, is_main)
+  step, last_time, eval_results = start, time.perf_counter(), {}
+  try:
+    while step < config.total_steps and stop["signal"] is None:
+      batch = next(pipeline)
+      state, metrics = step_fn(state, {k: batch[k] for k in ("image", "tokens")})
+      step += 1
+      if step % config.log_every_steps == 0 or step == config.total_steps:
+        metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+        now = time.perf_counter()
+        steps_per_s = config.log_every_steps / max(now - last_time, 1e-9)
+        last_time = now
+        metrics.update(steps_per_s=steps_per_s,
+                       samples_per_s=steps_per_s * config.data.batch_size,
+                       learning_rate=float(optim.learning_rate_schedule(
+                           config.optim, config.total_steps)(step)),
+                       input_skipped=float(pipeline.skipped))
+        writer.write(step, metrics)
+        train_step.check_skips(metrics, config.max_consecutive_skips)
+        if progress is not None:
+          progress.set_postfix(loss=f"{metrics['loss']:.4f}", samples_s=f"{metrics['samples_per_s']:.0f}")
+      if progress is not None:
+        progress.update(1)
+      due = [n for n, (c, _) in evaluators.items()
+             if c.get("every_steps") and step % c.every_steps == 0 and step < config.total_steps]
+      eval_results = run_evals(step, due) if due else {}
+      if step % config.checkpoint.every_steps == 0 and step < config.total_steps:
+        checkpointer.save(step, state, pipeline.get_state(), _best_metrics(config, eval_results))
+    if stop["signal"] is not None:
+      logger.warning("signal %s: saving a checkpoint at step %d and stopping", stop["signal"], step)
+      checkpointer.save(step, state, pipeline.get_state())
+      checkpointer.wait()
+      return {}
+
+    # ---- end ---------------------------------------------------------------------------------
+    eval_results = run_evals(step, list(evaluators))
+    if checkpointer.latest_step() != step:
+      checkpointer.save(step, state, pipeline.get_state(), _best_metrics(config, eval_results))
+    checkpointer.wait()
+    if progress is not None:
+      progress.close()
+      progress = None
+    if is_main:
+      if eval_results:
+        with open(os.path.join(workdir, "results.json"), "w", encoding="utf-8") as f:
+          json.dump({"step": step, **eval_results}, f, indent=2, sort_keys=True)
+        print(results_table(eval_results, title=f"{config.loss.name} after {step} steps"))
+      if config.export_hf:
+        hf.save_hf_clip(current_model(), os.path.join(workdir, "hf"))
+    return eval_results
+  finally:
+    for s, handler in previous.items():
+      signal.signal(s, handler)
+    if progress is not None:
+      progress.close()
+    pipeline.close()
+    writer.close()
+    checkpointer.close()
+
+
+def nnx_merge(graphdef, state: train_step.TrainState) -> train_step.Trainee:
+  from flax import nnx  # pylint: disable=import-outside-toplevel
+
+  return nnx.merge(graphdef, state.params, state.rest)
+
+
+def _best_metrics(config: ml_collections.ConfigDict, eval_results: dict[str, float]):
+  metric = config.checkpoint.best_metric
+  return {metric: eval_results[metric]} if metric and metric in eval_results else None
+
+
+def _progress_bar(config: ml_collections.ConfigDict, start: int, is_main: bool):
+  if not (config.progress_bar and is_main):
+    return None
+  import tqdm  # pylint: disable=import-outside-toplevel
+
+  return tqdm.tqdm(total=config.total_steps, initial=start, unit="step", dynamic_ncols=True,
+                   smoothing=0.1)
+
+
+# ----------------------------------------------------------------------------------------------
+# --mode=eval and --mode=export.
+# ----------------------------------------------------------------------------------------------
+def restore_model(config: ml_collections.ConfigDict, workdir: str, mesh):
+  """The model of the latest checkpoint in `workdir`, else `config.model.init_from`'s."""
+  checkpointer = make_checkpointer(config, workdir)
+  try:
+    step = checkpointer.latest_step()
+    if step is None:
+      if not config.model.init_from:
+        raise FileNotFoundError(f"{workdir} holds no checkpoint and config.model.init_from is empty")
+      return build_model(config), 0
+    graphdef, state, _, _ = build_train_state(config, mesh)
+    state, _ = checkpointer.restore(step, checkpointing.abstract_like(state))
+    return nnx_merge(graphdef, state).model, step
+  finally:
+    checkpointer.close()
+
+
+def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
+  """Runs the config's evaluators on the latest checkpoint (or init_from); writes results.json."""
+  mesh = make_mesh(config)
+  validate_config(config, mesh.size)
+  model, step = restore_model(config, workdir, mesh)
+  results = {}
+  for name, eval_config in config.evals.items():
+    for key, value in make_evaluator(eval_config, _eval_data_config(config)).run(model, mesh):
+      results[f"{name}/{key}"] = float(value)
+  if jax.process_index() == 0:
+    os.makedirs(workdir, exist_ok=True)
+    with open(os.path.join(workdir, "results.json"), "w", encoding="utf-8") as f:
+      json.dump({"step": step, **results}, f, indent=2, sort_keys=True)
+    print(results_table(results, title=f"evaluation of step {step}"))
+  return results
+
+
+def export(config: ml_collections.ConfigDict, workdir: str) -> str:
+  """Writes the latest checkpoint's model as a Hugging Face CLIP folder to workdir/hf."""
+  model, _ = restore_model(config, workdir, make_mesh(config))
+  return hf.save_hf_clip(model, os.path.join(workdir, "hf"))

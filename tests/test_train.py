@@ -1,0 +1,140 @@
+"""The trainer end to end: shapes run, exact resume after SIGKILL, SIGTERM, meshes, config errors."""
+
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import safetensors.numpy
+import transformers
+
+from semclip_jax import checkpointing, train
+from semclip_jax.metrics_writer import read_metrics
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+SHAPES = REPO / "configs" / "shapes.py"
+
+
+def _shapes_config(**overrides):
+  sys.path.insert(0, str(REPO / "configs"))
+  try:
+    import shapes  # pylint: disable=import-outside-toplevel
+  finally:
+    sys.path.pop(0)
+  config = shapes.get_config("runlocal")
+  config.update(progress_bar=False, **overrides)
+  return config
+
+
+def _losses(workdir):
+  """step -> loss, the last logged value of each step (a resumed run logs some steps twice)."""
+  return {m["step"]: m["loss"] for m in read_metrics(workdir) if "loss" in m}
+
+
+def test_shapes_run_end_to_end(tmp_path):
+  config = _shapes_config(total_steps=40, log_every_steps=5)
+  config.mesh.num_devices = 1
+  config.checkpoint.every_steps = 20
+  config.data.shapes_eval_size = 32
+  results = train.train_and_evaluate(config, str(tmp_path))
+  losses = _losses(tmp_path)
+  assert sorted(losses) == [5, 10, 15, 20, 25, 30, 35, 40]
+  assert losses[40] < 0.8 * losses[5]
+  assert checkpointing.Checkpointer(str(tmp_path / "checkpoints")).all_steps() == [20, 40]
+  assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
+  assert json.loads((tmp_path / "results.json").read_text())["step"] == 40
+  assert 0 <= results["ccneg/accuracy"] <= 1 and "retrieval/t2i_top1_original" in results
+  assert json.loads((tmp_path / "config.json").read_text())["loss"]["name"] == "semclip"
+  model, info = transformers.CLIPModel.from_pretrained(str(tmp_path / "hf"), output_loading_info=True)
+  assert not any(info.values())
+
+
+def _command(workdir, *extra):
+  return [sys.executable, "-m", "semclip_jax.main", f"--config={SHAPES}:runlocal",
+          f"--workdir={workdir}", "--config.mesh.num_devices=1", "--config.progress_bar=False",
+          "--config.total_steps=40", "--config.log_every_steps=1", "--config.checkpoint.every_steps=4",
+          "--config.checkpoint.keep=20", "--config.export_hf=True", *extra]
+
+
+def _wait_for_checkpoint(process, workdir, step, timeout=300):
+  deadline = time.time() + timeout
+  while not (workdir / "checkpoints" / str(step)).is_dir():
+    assert process.poll() is None, "the run ended before it could be interrupted"
+    assert time.time() < deadline, "no checkpoint appeared"
+    time.sleep(0.02)
+
+
+@pytest.mark.slow
+def test_resume_after_sigkill_is_exact(tmp_path):
+  full, killed = tmp_path / "full", tmp_path / "killed"
+  subprocess.run(_command(full), check=True, cwd=REPO, capture_output=True)
+  process = subprocess.Popen(_command(killed), cwd=REPO, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+  _wait_for_checkpoint(process, killed, 8)
+  process.kill()
+  process.wait()
+  assert not (killed / "hf").exists()  # really interrupted
+  subprocess.run(_command(killed), check=True, cwd=REPO, capture_output=True)
+
+  a = safetensors.numpy.load_file(str(full / "hf" / "model.safetensors"))
+  b = safetensors.numpy.load_file(str(killed / "hf" / "model.safetensors"))
+  assert a.keys() == b.keys()
+  for key in a:
+    assert np.array_equal(a[key], b[key]), key
+  assert _losses(killed) == _losses(full)  # every step's loss, the replayed ones included
+  logged_steps = [m["step"] for m in read_metrics(killed) if "loss" in m]
+  assert len(logged_steps) > 40  # some steps ran twice: the kill happened after checkpoint 8
+
+
+@pytest.mark.slow
+def test_sigterm_saves_a_restorable_checkpoint(tmp_path):
+  process = subprocess.Popen(_command(tmp_path, "--config.checkpoint.every_steps=1000"), cwd=REPO,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+  deadline = time.time() + 300
+  while not (tmp_path / "metrics.jsonl").exists() or len(read_metrics(tmp_path)) < 5:
+    assert process.poll() is None and time.time() < deadline
+    time.sleep(0.02)
+  process.send_signal(signal.SIGTERM)
+  _, stderr = process.communicate(timeout=120)
+  assert process.returncode == 0, stderr.decode()[-2000:]
+  last_logged = max(_losses(tmp_path))
+  checkpointer = checkpointing.Checkpointer(str(tmp_path / "checkpoints"))
+  step = checkpointer.latest_step()
+  assert step is not None and last_logged <= step < 40
+  state, data_state = checkpointer.restore(step)
+  assert int(state["step"]) == step and data_state["counts"]["seen_in_epoch"] >= 0
+
+
+def test_meshes_match_one_device(tmp_path):
+  losses = {}
+  for name, (num_devices, data, fsdp) in {"one": (1, 1, 1), "8x1": (8, 8, 1), "4x2": (8, 4, 2)}.items():
+    config = _shapes_config(total_steps=20, log_every_steps=1, export_hf=False)
+    config.evals = {}
+    config.checkpoint.every_steps = 1000
+    config.mesh.update(num_devices=num_devices, data=data, fsdp=fsdp)
+    train.train_and_evaluate(config, str(tmp_path / name))
+    losses[name] = np.array([v for _, v in sorted(_losses(tmp_path / name).items())])
+  assert len(losses["one"]) == 20
+  np.testing.assert_allclose(losses["8x1"], losses["one"], rtol=0, atol=1e-4)
+  np.testing.assert_allclose(losses["4x2"], losses["one"], rtol=0, atol=1e-4)
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("loss.name", "infonce", r"config\.loss\.name='infonce'"),
+    ("data.batch_size", 12, r"config\.data\.batch_size=12 .* 8 devices"),
+    ("data.kind", "csv", r"config\.data\.path=''"),
+])
+def test_config_errors_fail_before_compiling(tmp_path, field, value, message):
+  config = _shapes_config()
+  section, key = field.split(".")
+  config[section][key] = value
+  start = time.perf_counter()
+  with pytest.raises((ValueError, FileNotFoundError), match=message):
+    train.train_and_evaluate(config, str(tmp_path))
+  assert time.perf_counter() - start < 5  # nothing was compiled
+  assert not (tmp_path / "checkpoints").exists()
