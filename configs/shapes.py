@@ -10,7 +10,7 @@ colour/shape combinations, printed as a table. Launch:
 `runlocal` shrinks the run to a smoke test of a few steps.
 """
 
-from semclip_jax.train import base_config
+from semclip_jax.train import base_config, shrink_for_cpu
 
 
 def get_config(arg: str | None = None):
@@ -33,12 +33,7 @@ def get_config(arg: str | None = None):
   c.evals.ccneg = dict(type="ccneg")  # at the end only (no every_steps)
   c.evals.retrieval = dict(type="retrieval")
   if arg == "runlocal":
-    c.total_steps = 12
-    c.log_every_steps = 4
-    c.checkpoint.every_steps = 8
-    c.data.batch_size = 16
-    c.data.shapes_eval_size = 64
-    c.data.worker_count = 0
+    shrink_for_cpu(c)
   elif arg:
     raise ValueError(f"unknown config argument {arg!r}; use 'runlocal' or nothing")
   return c

@@ -61,6 +61,19 @@ def base_config() -> ml_collections.ConfigDict:
   return c
 
 
+def shrink_for_cpu(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """The `runlocal` config argument: the same run, tiny and short, for a CPU smoke test."""
+  c.total_steps, c.log_every_steps = 12, 4
+  c.model.update(preset="tiny", init_from="", dtype="float32")
+  c.optim.update(grad_accum_steps=1, warmup_steps=2, freeze=())
+  c.data.update(batch_size=16, image_size=32, worker_count=0, shapes_eval_size=64)
+  c.checkpoint.update(every_steps=8, keep_best=0, best_metric="")
+  c.mesh.update(data=-1, fsdp=1)
+  for eval_config in c.evals.values():
+    eval_config.every_steps = 0
+  return c
+
+
 # ----------------------------------------------------------------------------------------------
 # Config checks that must fail before anything compiles.
 # ----------------------------------------------------------------------------------------------

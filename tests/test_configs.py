@@ -1,0 +1,70 @@
+"""Config files: each loads (full and runlocal), validates, and switches loss with one override."""
+
+import csv
+import importlib.util
+import pathlib
+
+import jax
+import numpy as np
+import pytest
+from PIL import Image
+
+from semclip_jax import objective, train
+
+CONFIGS = pathlib.Path(__file__).resolve().parents[1] / "configs"
+NAMES = ["shapes", "ccneg", "sugarcrepe_pp", "cc3m"]
+
+
+def load(name, arg=None):
+  spec = importlib.util.spec_from_file_location(name, CONFIGS / f"{name}.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  assert "python -m semclip_jax.main --config=configs/" in module.__doc__  # launch command
+  return module.get_config(arg)
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("arg", [None, "runlocal"])
+def test_config_loads_and_validates(name, arg):
+  config = load(name, arg)
+  train.validate_config(config, jax.device_count())
+  assert set(train.base_config().keys()) == set(config.keys())
+  if arg == "runlocal":
+    assert config.model.preset == "tiny" and not config.model.init_from and config.total_steps <= 20
+  with pytest.raises(ValueError, match="unknown config argument"):
+    load(name, "huge")
+
+
+def test_paper_settings():
+  config = load("ccneg")
+  assert config.model.init_from.startswith("laion/CLIP-ViT-B-32")
+  assert (config.optim.learning_rate, config.optim.weight_decay, config.optim.warmup_steps) == (5e-5, 0.2, 50)
+  assert config.optim.freeze == (r"^model\.vision\.",) and config.optim.grad_accum_steps == 2
+  assert config.data.batch_size == 512 and config.model.dtype == "bfloat16"
+
+
+@pytest.mark.parametrize("loss", objective.LOSS_NAMES)
+def test_every_ablation_is_one_override(loss):
+  config = load("shapes")
+  config.loss.name = loss
+  train.validate_config(config, 8)
+  objective.Objective(config.loss, 32)
+
+
+def test_ccneg_runlocal_trains_on_a_csv(tmp_path):
+  rng = np.random.default_rng(0)
+  (tmp_path / "images").mkdir()
+  with open(tmp_path / "ccneg.csv", "w", newline="") as f:
+    writer = csv.writer(f)
+    writer.writerow(["image_number", "caption", "paraphrased", "negation"])
+    for i in range(60):
+      Image.fromarray(rng.integers(0, 256, (40, 50, 3), dtype=np.uint8)).save(
+          tmp_path / "images" / f"{i:09d}.jpg")
+      writer.writerow([i, f"a dog number {i}", f"dog no. {i}", f"not a dog number {i}"])
+  config = load("ccneg", "runlocal")
+  config.update(progress_bar=False, export_hf=False)
+  config.data.update(path=str(tmp_path / "ccneg.csv"), image_dir=str(tmp_path / "images"))
+  config.mesh.num_devices = 1
+  results = train.train_and_evaluate(config, str(tmp_path / "work"))
+  assert results["ccneg/items"] == 6  # the image-level test split: 10% of 60 images
+  assert 0.0 <= results["ccneg/accuracy"] <= 1.0
