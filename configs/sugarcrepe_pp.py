@@ -9,28 +9,16 @@ split leaks images between train and test). Launch:
   python -m semclip_jax.main --config=configs/sugarcrepe_pp.py:runlocal --workdir=/tmp/scpp_smoke ...
 """
 
-from semclip_jax.train import base_config, shrink_for_cpu
+from semclip_jax.train import base_config, paper_finetuning, shrink_for_cpu
 
 
 def get_config(arg: str | None = None):
-  c = base_config()
-  c.model.init_from = "laion/CLIP-ViT-B-32-laion2B-s34B-b79K"
-  c.model.dtype = "bfloat16"
-  c.loss.name = "semclip"
-  c.optim.learning_rate = 5e-5
-  c.optim.weight_decay = 0.2
-  c.optim.warmup_steps = 50
-  c.optim.freeze = (r"^model\.vision\.",)
-  c.optim.grad_accum_steps = 2
-  c.data.batch_size = 512
+  c = paper_finetuning(base_config())
   c.total_steps = 150  # ~20 epochs of the ~3.8k training triples
-  c.data.kind = "csv"
   c.data.layout = "sugarcrepe_pp"
   c.data.path = ""  # the SugarCrepe++ CSV (required)
   c.data.image_dir = ""  # COCO val2017 (required)
   c.data.ratios = (0.8, 0.1, 0.1)
-  c.data.eval_split = "test"
-  c.data.worker_count = 8
   c.checkpoint.every_steps = 50
   c.evals.ccneg = dict(type="ccneg", every_steps=50)  # image-original vs image-negative
   c.evals.retrieval = dict(type="retrieval", every_steps=50)

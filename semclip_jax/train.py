@@ -17,6 +17,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 
 from semclip_jax import checkpointing, hf, objective, optim, sharding, train_step
 from semclip_jax import data as data_lib
@@ -58,6 +59,19 @@ def base_config() -> ml_collections.ConfigDict:
   c.evals = ml_collections.ConfigDict()  # name -> {type, every_steps, data: overrides}
   c.export_hf = True  # write workdir/hf at the end
   c.progress_bar = True
+  return c
+
+
+def paper_finetuning(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """The SemCLIP paper's fine-tuning recipe (DESIGN.md section 1), shared by its two settings:
+  ViT-B/32 from LAION-2B weights, image tower frozen, AdamW lr 5e-5, weight decay 0.2, betas
+  (0.9, 0.999), 50 warmup steps then cosine to 0, clipping at 1.0, 2 × 256 batch, bf16."""
+  c.model.update(init_from="laion/CLIP-ViT-B-32-laion2B-s34B-b79K", dtype="bfloat16")
+  c.loss.name = "semclip"
+  c.optim.update(learning_rate=5e-5, weight_decay=0.2, b1=0.9, b2=0.999, warmup_steps=50,
+                 schedule="cosine", grad_clip_norm=1.0, freeze=(r"^model\.vision\.",),
+                 grad_accum_steps=2)
+  c.data.update(batch_size=512, kind="csv", eval_split="test", worker_count=8)
   return c
 
 
@@ -181,7 +195,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   progress = _progress_bar(config, start, is_main)
   step, last_time, eval_results = start, time.perf_counter(), {}
   try:
-    while step < config.total_steps and stop["signal"] is None:
+    while step < config.total_steps and not _stop_agreed(stop, step):
       batch = next(pipeline)
       state, metrics = step_fn(state, {k: batch[k] for k in ("image", "tokens")})
       step += 1
@@ -206,7 +220,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       eval_results = run_evals(step, due) if due else {}
       if step % config.checkpoint.every_steps == 0 and step < config.total_steps:
         checkpointer.save(step, state, pipeline.get_state(), _best_metrics(config, eval_results))
-    if stop["signal"] is not None:
+    if step < config.total_steps:
       logger.warning("signal %s: saving a checkpoint at step %d and stopping", stop["signal"], step)
       checkpointer.save(step, state, pipeline.get_state())
       checkpointer.wait()
@@ -236,6 +250,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     pipeline.close()
     writer.close()
     checkpointer.close()
+
+
+def _stop_agreed(stop: dict[str, Any], step: int, every: int = 10) -> bool:
+  """Whether to stop for a signal. With several processes every one must stop at the same step
+  (the checkpoint save is collective), so they agree every `every` steps by an all-gather."""
+  if jax.process_count() == 1:
+    return stop["signal"] is not None
+  if step % every:
+    return False
+  from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+
+  flags = multihost_utils.process_allgather(np.int32(stop["signal"] is not None))
+  return bool(np.any(flags))
 
 
 def nnx_merge(graphdef, state: train_step.TrainState) -> train_step.Trainee:

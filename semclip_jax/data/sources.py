@@ -53,7 +53,7 @@ def detect_layout(columns: Sequence[str]) -> str | None:
   return None
 
 
-def _read_rows(path: str) -> tuple[list[str], list[dict[str, Any]], int]:
+def read_rows(path: str) -> tuple[list[str], list[dict[str, Any]], int]:
   """(header, rows, number of the first data row) of a CSV (header row 1) or a JSONL file."""
   with open(path, newline="", encoding="utf-8") as f:
     if not path.endswith((".jsonl", ".json")):
@@ -74,7 +74,7 @@ def read_triples(path: str, *, layout: str | None = None, columns: Mapping[str, 
   """Reads a CSV or JSONL of triples. `layout` ("ccneg", "sugarcrepe_pp") or `columns` (our field
   -> column, needing "image", "caption", "paraphrase", "negation", optionally "id"); by default
   the layout is detected from the header. A missing column fails here, naming column and file."""
-  header, rows, first_row = _read_rows(path)
+  header, rows, first_row = read_rows(path)
   if columns is None:
     layout = layout or detect_layout(header)
     if layout is None:
@@ -171,14 +171,23 @@ def csv_source(path: str, image_dir: str, *, split: str | None = "train", layout
   otherwise from a seeded split by image with `ratios`.
   """
   triples = read_triples(path, layout=layout, columns=columns, split_column=split_column)
-  if split is not None:
-    if split_column is not None:
-      triples = [t for t in triples if t.split == split]
-    elif ccneg_official:
-      triples = ccneg_official_split(triples, split)
-    else:
-      triples = split_by_image(triples, split, ratios=ratios, seed=split_seed)
-  return TripleFileSource(triples, image_dir)
+  return TripleFileSource(select_split(triples, split, ratios=ratios, seed=split_seed,
+                                       ccneg_official=ccneg_official,
+                                       split_column=split_column), image_dir)
+
+
+def select_split(triples: Sequence[Triple], split: str | None, *, ratios: Sequence[float] = (0.8, 0.1, 0.1),
+                 seed: int = 0, ccneg_official: bool = False, split_column: str | None = None
+                 ) -> list[Triple]:
+  """The triples of `split` (None: all): by the explicit split column if the triples were read
+  with one, else CC-Neg's official split if asked, else the seeded split by image."""
+  if split is None:
+    return list(triples)
+  if split_column is not None:
+    return [t for t in triples if t.split == split]
+  if ccneg_official:
+    return ccneg_official_split(triples, split)
+  return split_by_image(triples, split, ratios=ratios, seed=seed)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -1,0 +1,333 @@
+"""prepare: each input format to ArrayRecord shards, bad records skipped by reason, exact resume."""
+
+import csv
+import io
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import tarfile
+import textwrap
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from semclip_jax.data import prepare, sources
+
+
+def _jpeg(seed, size=(40, 30)):
+  pixels = np.random.default_rng(seed).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+  out = io.BytesIO()
+  Image.fromarray(pixels).save(out, format="JPEG", quality=90)
+  return out.getvalue()
+
+
+def _write_csv(path, rows, fields=("filename", "caption", "paraphrased", "negation")):
+  with open(path, "w", newline="", encoding="utf-8") as f:
+    writer = csv.DictWriter(f, fieldnames=list(fields), extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+
+
+def _csv_dataset(folder, n):
+  """n JPEGs and a SugarCrepe++-layout CSV over them."""
+  (folder / "images").mkdir(parents=True)
+  rows = []
+  for i in range(n):
+    (folder / "images" / f"{i:03d}.jpg").write_bytes(_jpeg(i))
+    rows.append({"filename": f"{i:03d}.jpg", "caption": f"a photo number {i}",
+                 "paraphrased": f"picture number {i}", "negation": f"not a photo number {i}"})
+  _write_csv(folder / "triples.csv", rows)
+  return rows
+
+
+def _csv_args(folder, out, *extra):
+  return ["--format=csv", f"--input={folder / 'triples.csv'}", f"--image_dir={folder / 'images'}",
+          f"--output_dir={out}", *extra]
+
+
+def _records(out):
+  source = sources.ArrayRecordSource(str(out))
+  return [source[i] for i in range(len(source))]
+
+
+def _summary(out):
+  return json.loads((out / "summary.json").read_text())
+
+
+def _pixels(data):
+  return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+
+
+def test_csv_matches_triple_file_source(tmp_path):
+  _csv_dataset(tmp_path, 12)
+  out = tmp_path / "out"
+  assert prepare.main(_csv_args(tmp_path, out, "--records_per_shard=5", "--num_workers=3")) == 0
+  assert sorted(p.name for p in out.glob("*.array_record")) == [
+      f"triples-0000{i}.array_record" for i in range(3)]
+  got = _records(out)
+  expected = sources.csv_source(str(tmp_path / "triples.csv"), str(tmp_path / "images"), split=None)
+  assert len(got) == len(expected) == 12
+  for record, want in zip(got, (expected[i] for i in range(len(expected)))):
+    for key in ("id", "caption", "paraphrase", "negation", "image"):
+      assert record[key] == want[key], key
+    np.testing.assert_array_equal(_pixels(record["image"]), _pixels(want["image"]))
+  summary = _summary(out)
+  assert (summary["read"], summary["written"], summary["shards"], summary["skipped"]) == (
+      12, 12, 3, {})
+
+
+def test_csv_split_matches_csv_source(tmp_path):
+  _csv_dataset(tmp_path, 20)
+  out = tmp_path / "out"
+  assert prepare.main(_csv_args(tmp_path, out, "--split=test", "--split_seed=3",
+                                "--ratios=0.5,0.2,0.3")) == 0
+  want = sources.csv_source(str(tmp_path / "triples.csv"), str(tmp_path / "images"), split="test",
+                            split_seed=3, ratios=(0.5, 0.2, 0.3))
+  assert [r["id"] for r in _records(out)] == [t.id for t in want.triples]
+  assert len(want.triples) == 6
+
+
+def _tar_add(tar, name, data):
+  info = tarfile.TarInfo(name)
+  info.size = len(data)
+  tar.addfile(info, io.BytesIO(data))
+
+
+def test_webdataset_with_json_and_side_file(tmp_path):
+  images, tars = {}, tmp_path / "cc3m"
+  tars.mkdir()
+  for i in range(6):
+    with tarfile.open(tars / f"0000{i // 4}.tar", "a") as tar:  # keys 0-3, then 4-5
+      key = f"{i:09d}"
+      meta = {"key": key, "caption": f"caption {i}", "url": f"http://x/{i}.jpg",
+              "status": "success"}
+      if i < 2:  # triples inside the json
+        meta.update(paraphrase=f"json paraphrase {i}", negation=f"json negation {i}")
+      images[key] = _jpeg(100 + i)
+      _tar_add(tar, f"{key}.jpg", images[key])
+      _tar_add(tar, f"{key}.txt", f"caption {i}".encode())
+      _tar_add(tar, f"{key}.json", json.dumps(meta).encode())
+  with open(tmp_path / "side.jsonl", "w", encoding="utf-8") as f:
+    for i in (2, 3, 4, 0):  # 0 is in the json too: the json wins
+      f.write(json.dumps({"caption": f"caption {i}", "paraphrase": f"side paraphrase {i}",
+                          "negation": f"side negation {i}"}) + "\n")
+  out = tmp_path / "out"
+  args = ["--format=webdataset", f"--input={tars}", "--records_per_shard=3",
+          f"--triples={tmp_path / 'side.jsonl'}", f"--output_dir={out}"]
+  assert prepare.main(args) == 0
+  records = _records(out)
+  assert [r["id"] for r in records] == [f"{i:09d}" for i in range(5)]
+  got = {r["id"]: r for r in records}
+  for i in range(5):
+    record, where = got[f"{i:09d}"], "json" if i < 2 else "side"
+    assert record["caption"] == f"caption {i}"
+    assert record["paraphrase"] == f"{where} paraphrase {i}"
+    assert record["negation"] == f"{where} negation {i}"
+    assert record["image"] == images[f"{i:09d}"]
+  summary = _summary(out)
+  assert summary["skipped"] == {prepare.NO_TRIPLE: {"count": 1, "examples": ["000000005"]}}
+  assert (summary["read"], summary["written"], summary["shards"]) == (6, 5, 2)
+  (out / "triples-00000.array_record").unlink()  # redone alone; shard 1 is passed over unread
+  assert prepare.main(args) == 0
+  assert _records(out) == records
+
+
+def _ccneg_dataset(tmp_path, n=5):
+  """A file with the structure of CoN-CLIP's ccneg_preprocessed.pt and its image folder."""
+  torch = pytest.importorskip("torch")
+  folder = tmp_path / "ccneg_dataset" / "ccneg_images" / "cc3m_subset_images_extracted_final"
+  folder.mkdir(parents=True)
+  paths, annotations = [], []
+  for i in range(n):
+    (folder / f"{i:09d}.jpg").write_bytes(_jpeg(200 + i))
+    paths.append(f"/workspace/datasets/cc3m/ccneg_images/cc3m_subset_images_extracted_final/"
+                 f"{i:09d}.jpg")
+    annotations.append({
+        "json": {"caption": f"a dog on grass {i}", "key": f"{i:09d}", "status": "success"},
+        "sop_data": {"negative-prompt": f"a dog, but no grass {i}",
+                     "sop_decomposition": {"subject": "dog", "object": "grass"},
+                     "sop_chosen_object": "grass"}})
+  torch.save({"image_paths": paths, "annotations": annotations, "num_ops": {1: list(range(n))}},
+             tmp_path / "ccneg_preprocessed.pt")
+  _write_csv(tmp_path / "paraphrases.csv",
+             [{"caption": f"a dog on grass {i}", "paraphrase": f"grass under a dog {i}",
+               "negation": "unused"} for i in range(n - 1)],  # the last has no paraphrase
+             fields=("caption", "paraphrase", "negation"))
+  return folder
+
+
+def test_ccneg_pt(tmp_path, monkeypatch):
+  folder = _ccneg_dataset(tmp_path)
+  out = tmp_path / "out"
+  args = ["--format=ccneg_pt", f"--input={tmp_path / 'ccneg_preprocessed.pt'}",
+          f"--triples={tmp_path / 'paraphrases.csv'}"]
+  assert prepare.main([*args, f"--image_dir={tmp_path / 'ccneg_dataset'}",
+                       f"--output_dir={out}"]) == 0
+  got = _records(out)
+  assert [r["id"] for r in got] == [f"ccneg:{i}" for i in range(4)]
+  for i, record in enumerate(got):
+    assert record["caption"] == f"a dog on grass {i}"
+    assert record["paraphrase"] == f"grass under a dog {i}"
+    assert record["negation"] == f"a dog but no grass {i}"  # commas dropped, as CoN-CLIP does
+    assert record["image"] == (folder / f"{i:09d}.jpg").read_bytes()
+  assert _summary(out)["skipped"] == {prepare.NO_PARAPHRASE: {"count": 1, "examples": ["ccneg:4"]}}
+  # The image folder itself works too; the official split is the last CCNEG_EVAL_ITEMS items.
+  monkeypatch.setattr(sources, "CCNEG_EVAL_ITEMS", 2)
+  assert prepare.main([*args, f"--image_dir={folder}", f"--output_dir={tmp_path / 'test'}",
+                       "--split=test", "--ccneg_official"]) == 0
+  assert [r["id"] for r in _records(tmp_path / "test")] == ["ccneg:3"]
+  assert _summary(tmp_path / "test")["read"] == 2
+
+
+def test_sugarcrepe_json(tmp_path):
+  (tmp_path / "coco").mkdir()
+  for i in range(4):
+    (tmp_path / "coco" / f"{i:012d}.jpg").write_bytes(_jpeg(300 + i))
+  record = lambda i: {"filename": f"{i:012d}.jpg", "caption": f"cap {i}", "caption2": f"para {i}",
+                      "negative_caption": f"neg {i}"}
+  (tmp_path / "sc").mkdir()
+  # The release's form (a list of records with "id") and SugarCrepe's (an id -> record map).
+  (tmp_path / "sc" / "swap_obj.json").write_text(json.dumps(
+      [{"id": i, **record(i)} for i in range(3)]))
+  (tmp_path / "sc" / "replace_rel.json").write_text(json.dumps({"7": record(3)}))
+  out = tmp_path / "out"
+  assert prepare.main(["--format=sugarcrepe_json", f"--input={tmp_path / 'sc'}",
+                       f"--image_dir={tmp_path / 'coco'}", f"--output_dir={out}"]) == 0
+  got = _records(out)
+  assert [r["id"] for r in got] == ["swap_obj:0", "swap_obj:1", "swap_obj:2", "replace_rel:7"]
+  for r, i in zip(got, range(4)):
+    assert (r["caption"], r["paraphrase"], r["negation"]) == (f"cap {i}", f"para {i}", f"neg {i}")
+    assert r["image"] == (tmp_path / "coco" / f"{i:012d}.jpg").read_bytes()
+  # A record without a field is a structural error naming file and field.
+  (tmp_path / "swap_att.json").write_text(json.dumps([{"id": 0, "filename": "x.jpg",
+                                                       "caption": "c", "caption2": "p"}]))
+  assert prepare.main(["--format=sugarcrepe_json", f"--input={tmp_path / 'swap_att.json'}",
+                       f"--image_dir={tmp_path / 'coco'}", f"--output_dir={tmp_path / 'o2'}"]) == 2
+
+
+def test_bad_records_are_skipped_and_counted(tmp_path):
+  rows = _csv_dataset(tmp_path, 12)
+  images = tmp_path / "images"
+  (images / "002.jpg").write_bytes(np.random.default_rng(9).bytes(2000))  # corrupt: random bytes
+  good = (images / "004.jpg").read_bytes()
+  (images / "004.jpg").write_bytes(good[:len(good) // 2])  # truncated JPEG
+  rows[6]["filename"] = "nowhere.jpg"  # missing file
+  rows[8]["caption"] = "   "  # empty caption
+  (images / "010.jpg").write_bytes(b"")  # zero-size file
+  _write_csv(tmp_path / "triples.csv", rows)
+  out = tmp_path / "out"
+  assert prepare.main(_csv_args(tmp_path, out, "--records_per_shard=4")) == 0
+  ids = lambda i: f"triples.csv:{i + 2}"  # read_triples names rows by file and line
+  assert [r["id"] for r in _records(out)] == [ids(i) for i in (0, 1, 3, 5, 7, 9, 11)]
+  summary = _summary(out)
+  assert summary["skipped"] == {
+      prepare.UNDECODABLE: {"count": 2, "examples": [ids(2), ids(4)]},
+      prepare.NO_IMAGE: {"count": 1, "examples": [ids(6)]},
+      "empty or non-string caption": {"count": 1, "examples": [ids(8)]},
+      prepare.EMPTY_IMAGE: {"count": 1, "examples": [ids(10)]}}
+  assert (summary["read"], summary["written"]) == (12, 7)
+
+
+def test_decoded_pixels_are_encoded_as_jpeg(tmp_path):
+  y, x = np.mgrid[:30, :40]
+  pixels = np.stack([6 * x, 8 * y, 3 * (x + y)], axis=-1).astype(np.uint8)  # smooth: JPEG-friendly
+  items = [prepare.Item("a", "c", "p", "n", image=pixels), prepare.Item("b", "c", "p", "n")]
+  summary = prepare.write_shards(lambda wanted: items, str(tmp_path), {"what": "pixels"})
+  (record,) = _records(tmp_path)
+  assert record["image"][:2] == b"\xff\xd8"
+  assert np.abs(_pixels(record["image"]).astype(int) - pixels).max() <= 8  # JPEG quality 95
+  assert summary["skipped"] == {prepare.NO_IMAGE: {"count": 1, "examples": ["b"]}}
+
+
+_KILLER = """
+  import os, signal, sys
+  from semclip_jax.data import prepare
+  encode, calls = prepare._encode, [0]
+  def killing_encode(item):  # dies mid-way through the third shard, like a preempted machine
+    calls[0] += 1
+    if calls[0] == {kill_at}:
+      os.kill(os.getpid(), signal.SIGKILL)
+    return encode(item)
+  prepare._encode = killing_encode
+  sys.exit(prepare.main(sys.argv[1:]))
+"""
+
+
+def test_interrupted_run_resumes_exactly(tmp_path, monkeypatch, capsys):
+  _csv_dataset(tmp_path, 23)
+  reference, out = tmp_path / "reference", tmp_path / "out"
+  assert prepare.main(_csv_args(tmp_path, reference, "--records_per_shard=5")) == 0
+  script = tmp_path / "killer.py"
+  script.write_text(textwrap.dedent(_KILLER).replace("{kill_at}", "13"))
+  repo = pathlib.Path(__file__).resolve().parents[1]
+  run = subprocess.run(
+      [sys.executable, str(script), *_csv_args(tmp_path, out, "--records_per_shard=5",
+                                               "--num_workers=1")],
+      capture_output=True, check=False, env={**os.environ, "PYTHONPATH": str(repo)})
+  assert run.returncode == -signal.SIGKILL, run.stderr.decode()
+  assert sorted(p.name for p in out.iterdir()) == [
+      "progress.json", "triples-00000.array_record", "triples-00001.array_record",
+      "triples-00002.array_record.tmp"]
+  stamp = lambda pattern: {p.name: (p.stat().st_ino, p.stat().st_mtime_ns)
+                           for p in out.glob(pattern)}
+  before = stamp("*.array_record")
+  assert prepare.main(_csv_args(tmp_path, out, "--records_per_shard=5")) == 0
+  assert stamp("triples-0000[01].array_record") == before  # completed shards left alone
+  assert not list(out.glob("*.tmp"))
+  got, want = _records(out), _records(reference)
+  assert [r["id"] for r in got] == [r["id"] for r in want]
+  assert len({r["id"] for r in got}) == 23
+  assert got == want
+  assert _summary(out)["read"] == 23
+
+  # A completed shard lost since is redone; a finished run then reads no input at all.
+  (out / "triples-00003.array_record").unlink()
+  assert prepare.main(_csv_args(tmp_path, out, "--records_per_shard=5")) == 0
+  assert _records(out) == want
+  stamps = stamp("*.array_record")
+  monkeypatch.setattr(prepare, "_encode", lambda item: pytest.fail("a finished run read input"))
+  monkeypatch.setattr(sources, "read_triples", lambda *a, **k: pytest.fail("read input"))
+  capsys.readouterr()
+  assert prepare.main(_csv_args(tmp_path, out, "--records_per_shard=5")) == 0
+  assert "23 of 23 records written to 5 shards" in capsys.readouterr().out
+  assert stamp("*.array_record") == stamps
+
+  # Other settings in the same folder are refused, naming what differs.
+  assert prepare.main(_csv_args(tmp_path, out, "--records_per_shard=7")) == 2
+  assert "records_per_shard" in capsys.readouterr().err
+  assert prepare.main(_csv_args(tmp_path, out, "--records_per_shard=5", "--split=train")) == 2
+  assert "split" in capsys.readouterr().err
+
+
+def test_structural_errors_exit_2(tmp_path, capsys, monkeypatch):
+  _csv_dataset(tmp_path, 3)
+  rows = [{"filename": "000.jpg", "caption": "c", "paraphrased": "p"}]
+  _write_csv(tmp_path / "triples.csv", rows, fields=("filename", "caption", "paraphrased"))
+  assert prepare.main(_csv_args(tmp_path, tmp_path / "out", "--columns=image=filename,"
+                                "caption=caption,paraphrase=paraphrased,negation=negation")) == 2
+  err = capsys.readouterr().err
+  assert "'negation'" in err and "triples.csv" in err
+  assert prepare.main(_csv_args(tmp_path, tmp_path / "out", "--layout=sugarcrepe_pp")) == 2
+  err = capsys.readouterr().err
+  assert "'negation'" in err and "triples.csv" in err
+  assert prepare.main(["--format=csv", f"--input={tmp_path / 'nothing.csv'}",
+                       f"--image_dir={tmp_path}", f"--output_dir={tmp_path / 'o'}"]) == 2
+  assert "nothing.csv" in capsys.readouterr().err
+  (tmp_path / "broken.tar").write_bytes(b"not a tar at all" * 100)
+  assert prepare.main(["--format=webdataset", f"--input={tmp_path / 'broken.tar'}",
+                       f"--output_dir={tmp_path / 'o3'}"]) == 2
+  assert "broken.tar" in capsys.readouterr().err
+  (tmp_path / "side.csv").write_text("caption,paraphrase,negation\n")
+  ccneg = ["--format=ccneg_pt", f"--input={tmp_path / 'x.pt'}", f"--image_dir={tmp_path}",
+           f"--triples={tmp_path / 'side.csv'}", f"--output_dir={tmp_path / 'o4'}"]
+  (tmp_path / "x.pt").write_bytes(b"\x80\x02 not a torch file")
+  assert prepare.main(ccneg) == 2
+  assert "x.pt" in capsys.readouterr().err
+  monkeypatch.setitem(sys.modules, "torch", None)  # as if PyTorch were not installed
+  assert prepare.main(ccneg) == 2
+  err = capsys.readouterr().err
+  assert "x.pt" in err and "PyTorch" in err
