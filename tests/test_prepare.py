@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from semclip_jax.data import prepare, sources
+from semclip_jax.data import input_pipeline, prepare, sources
 
 
 def _jpeg(seed, size=(40, 30)):
@@ -78,6 +78,19 @@ def test_csv_matches_triple_file_source(tmp_path):
   summary = _summary(out)
   assert (summary["read"], summary["written"], summary["shards"], summary["skipped"]) == (
       12, 12, 3, {})
+  # ... and through the input pipeline: identical batches (decoded, cropped, tokenized).
+  config = input_pipeline.default_config()
+  config.update(batch_size=4, image_size=16, context_length=16, worker_count=0)
+  batches = []
+  for source in (sources.ArrayRecordSource(str(out)), expected):
+    pipeline = input_pipeline.make_pipeline(source, config, train=False, process_index=0,
+                                            process_count=1)
+    batches.append(list(pipeline))
+    pipeline.close()
+  assert len(batches[0]) == len(batches[1]) == 3
+  for a, b in zip(*batches):
+    for key in ("id", "image", "tokens"):
+      np.testing.assert_array_equal(a[key], b[key])
 
 
 def test_csv_split_matches_csv_source(tmp_path):

@@ -54,6 +54,13 @@ def test_shapes_run_end_to_end(tmp_path):
   assert json.loads((tmp_path / "config.json").read_text())["loss"]["name"] == "semclip"
   model, info = transformers.CLIPModel.from_pretrained(str(tmp_path / "hf"), output_loading_info=True)
   assert not any(info.values())
+  # --mode=eval and --mode=export on the same workdir reproduce the final numbers and weights.
+  exported = safetensors.numpy.load_file(str(tmp_path / "hf" / "model.safetensors"))
+  assert train.evaluate(config, str(tmp_path)) == pytest.approx(results, abs=1e-6)
+  (tmp_path / "hf" / "model.safetensors").unlink()
+  train.export(config, str(tmp_path))
+  again = safetensors.numpy.load_file(str(tmp_path / "hf" / "model.safetensors"))
+  assert all(np.array_equal(exported[k], again[k]) for k in exported)
 
 
 def _command(workdir, *extra):
