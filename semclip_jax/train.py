@@ -22,7 +22,7 @@ import numpy as np
 from semclip_jax import checkpointing, hf, objective, optim, sharding, train_step
 from semclip_jax import data as data_lib
 from semclip_jax.data import input_pipeline
-from semclip_jax.evaluators import make_evaluator
+from semclip_jax.evaluators import EVALUATORS, make_evaluator
 from semclip_jax.metrics_writer import MetricsWriter, results_table
 from semclip_jax.models import create_clip, get_preset
 
@@ -104,13 +104,17 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None
   if config.total_steps <= 0:
     raise ValueError(f"config.total_steps must be positive, got {config.total_steps}")
   for name, eval_config in config.evals.items():
-    if eval_config.get("type") not in ("ccneg", "retrieval"):
-      raise ValueError(f"config.evals.{name}.type={eval_config.get('type')!r} is not a known evaluator")
+    if eval_config.get("type") not in EVALUATORS:
+      raise ValueError(f"config.evals.{name}.type={eval_config.get('type')!r} is not one of "
+                       f"{sorted(EVALUATORS)}")
 
 
-def _eval_data_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+def _eval_data_config(config: ml_collections.ConfigDict, image_size: int | None = None
+                      ) -> ml_collections.ConfigDict:
   data = ml_collections.ConfigDict(config.data.to_dict())
   data.update(worker_count=0, max_bad_fraction=1.0)
+  if image_size is not None:  # a loaded model decides its input size
+    data.image_size = image_size
   return data
 
 
@@ -124,6 +128,9 @@ def build_model(config: ml_collections.ConfigDict):
 def build_train_state(config: ml_collections.ConfigDict, mesh):
   """(graphdef, sharded TrainState, its shardings, optimizer) for a fresh run of `config`."""
   model = build_model(config)
+  if model.config.vision.image_size != config.data.image_size:
+    raise ValueError(f"config.data.image_size={config.data.image_size} but the model takes "
+                     f"{model.config.vision.image_size}x{model.config.vision.image_size} images")
   trainee = train_step.Trainee(model, objective.Objective(config.loss, model.config.projection_dim))
   tx = optim.make_optimizer(config.optim, config.total_steps)
   graphdef, state = train_step.create_train_state(trainee, tx, tuple(config.optim.freeze))
@@ -178,11 +185,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     return nnx_merge(graphdef, state).model
 
   def run_evals(step: int, names) -> dict[str, float]:
-    results = {}
-    for name in names:
-      _, evaluator = evaluators[name]
-      for key, value in evaluator.run(current_model(), mesh):
-        results[f"{name}/{key}"] = float(value)
+    results = evaluate_model({n: evaluators[n][1] for n in names}, current_model(), mesh, workdir)
     if results:
       writer.write(step, results)
     return results
@@ -252,6 +255,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     checkpointer.close()
 
 
+def evaluate_model(evaluators: dict[str, Any], model, mesh, workdir: str) -> dict[str, float]:
+  """Runs evaluators on `model`: {"<name>/<metric>": value}. Per-item similarities an evaluator
+  keeps (ccneg) are saved as workdir/similarities_<name>.npz for the report's histograms."""
+  results = {}
+  for name, evaluator in evaluators.items():
+    for key, value in evaluator.run(model, mesh):
+      results[f"{name}/{key}"] = float(value)
+    similarities = getattr(evaluator, "similarities", None)
+    if similarities and jax.process_index() == 0:
+      os.makedirs(workdir, exist_ok=True)
+      np.savez(os.path.join(workdir, f"similarities_{name}.npz"), **similarities)
+  return results
+
+
 def _stop_agreed(stop: dict[str, Any], step: int, every: int = 10) -> bool:
   """Whether to stop for a signal. With several processes every one must stop at the same step
   (the checkpoint save is collective), so they agree every `every` steps by an all-gather."""
@@ -309,10 +326,9 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float
   mesh = make_mesh(config)
   validate_config(config, mesh.size)
   model, step = restore_model(config, workdir, mesh)
-  results = {}
-  for name, eval_config in config.evals.items():
-    for key, value in make_evaluator(eval_config, _eval_data_config(config)).run(model, mesh):
-      results[f"{name}/{key}"] = float(value)
+  data = _eval_data_config(config, model.config.vision.image_size)
+  evaluators = {name: make_evaluator(c, data) for name, c in config.evals.items()}
+  results = evaluate_model(evaluators, model, mesh, workdir)
   if jax.process_index() == 0:
     os.makedirs(workdir, exist_ok=True)
     with open(os.path.join(workdir, "results.json"), "w", encoding="utf-8") as f:

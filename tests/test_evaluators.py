@@ -1,0 +1,135 @@
+"""Evaluation: metrics against brute force, padding of the last batch, HF parity, the report, the CLI."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import transformers
+from PIL import Image
+
+from semclip_jax import data as data_lib
+from semclip_jax import evaluate, hf, train
+from semclip_jax.data import input_pipeline
+from semclip_jax.data.shapes import ShapesSource
+from semclip_jax.evaluators import CCNegEvaluator, metrics, report
+from semclip_jax.evaluators.embed import embed_source
+from semclip_jax.models import create_clip, get_preset
+
+
+def _unit(x):
+  return x / np.linalg.norm(x, axis=-1, keepdims=True)
+
+
+def test_ccneg_accuracy_brute_force_with_ties():
+  rng = np.random.default_rng(0)
+  zi, zt, zn = (_unit(rng.normal(size=(37, 8))) for _ in range(3))
+  zn[:5] = zt[:5]  # exact ties: failures
+  expected = sum(float(zi[i] @ zt[i]) > float(zi[i] @ zn[i]) for i in range(37)) / 37
+  assert metrics.ccneg_accuracy(zi, zt, zn) == pytest.approx(expected)
+  assert metrics.scaled_accuracy(0.75) == pytest.approx(0.5) and metrics.scaled_accuracy(0.4) == 0.0
+
+
+def test_topk_retrieval_brute_force_with_ties_and_uneven_chunks():
+  rng = np.random.default_rng(1)
+  queries, keys = _unit(rng.normal(size=(23, 6))), _unit(rng.normal(size=(23, 6)))
+  keys[7] = keys[3]  # keys 3 and 7 tie for every query
+  ours = metrics.topk_retrieval(queries, keys, ks=(1, 2, 5), chunk=5)
+  for k in (1, 2, 5):
+    hits = 0
+    for i in range(23):
+      scores = [float(queries[i] @ keys[j]) for j in range(23)]
+      better_or_equal = sum(1 for j in range(23) if j != i and scores[j] >= scores[i])
+      hits += better_or_equal < k
+    assert ours[k] == pytest.approx(hits / 23), k
+
+
+def test_perfect_and_constant_embeddings():
+  eye = np.eye(10)
+  assert metrics.ccneg_accuracy(eye, eye, -eye) == 1.0
+  assert metrics.topk_retrieval(eye, eye, ks=(1,))[1] == 1.0
+  constant = np.tile(_unit(np.ones((1, 10))), (10, 1))
+  assert metrics.ccneg_accuracy(constant, constant, constant) == 0.0  # all ties
+  assert metrics.topk_retrieval(constant, constant, ks=(1, 5))[5] == 0.0
+
+
+def _data_config(batch_size=16):
+  config = input_pipeline.default_config()
+  config.update(batch_size=batch_size, image_size=32, context_length=32, worker_count=0)
+  return config
+
+
+def test_last_partial_batch_is_counted_once():
+  source = ShapesSource(split="eval", size=37, image_size=40)
+  z = embed_source(create_clip(get_preset("tiny")), source, _data_config(16))
+  assert len(z["ids"]) == len(set(z["ids"])) == 37 and z["image"].shape == (37, 32)
+  np.testing.assert_allclose(np.linalg.norm(z["negation"], axis=-1), 1.0, atol=1e-5)
+
+
+def test_exported_folder_scores_the_same_as_transformers(tmp_path):
+  source = ShapesSource(split="eval", size=40, image_size=40)
+  model = create_clip(get_preset("tiny"), seed=4)
+  folder = hf.save_hf_clip(model, str(tmp_path / "hf"))
+  ours = dict(CCNegEvaluator(source, _data_config()).run(hf.load_hf_clip(folder)))
+
+  torch_model = transformers.CLIPModel.from_pretrained(folder).eval()
+  pipeline = input_pipeline.make_pipeline(source, _data_config(), train=False, process_index=0,
+                                          process_count=1)
+  correct = total = 0
+  with torch.no_grad():
+    for batch in pipeline:
+      pixels = torch.from_numpy(batch["image"]).permute(0, 3, 1, 2)
+      tokens = torch.from_numpy(batch["tokens"]).long()
+      zi = torch.nn.functional.normalize(torch_model.get_image_features(pixel_values=pixels).pooler_output, dim=-1)
+      zt, zn = (torch.nn.functional.normalize(torch_model.get_text_features(
+          input_ids=tokens[:, k]).pooler_output, dim=-1) for k in (0, 2))
+      correct += int(((zi * zt).sum(-1) > (zi * zn).sum(-1)).sum())
+      total += len(batch["id"])
+  assert total == 40 and ours["items"] == 40
+  assert ours["accuracy"] == correct / total
+
+  # The CLI on the same folder (the default shapes evaluation set: 512 scenes drawn at 64 px).
+  assert evaluate.main([f"--model={folder}", "--tasks=ccneg", "--data_kind=shapes",
+                        "--batch_size=128", f"--out={tmp_path / 'eval'}"]) == 0
+  written = json.loads((tmp_path / "eval" / "results.json").read_text())
+  config = data_lib.default_config()
+  config.update(batch_size=128, image_size=32, worker_count=0)
+  expected = dict(CCNegEvaluator(ShapesSource(split="eval", size=512, image_size=64), config).run(model))
+  assert written["ccneg/items"] == 512 and written["ccneg/accuracy"] == expected["accuracy"]
+
+
+def test_report_writes_table_and_valid_pngs(tmp_path):
+  rng = np.random.default_rng(2)
+  runs = []
+  for name, accuracy in (("clip", 0.7), ("semclip", 0.8)):
+    run = tmp_path / name
+    run.mkdir()
+    (run / "results.json").write_text(json.dumps({"step": 10, "ccneg/accuracy": accuracy,
+                                                  "retrieval/t2i_top1_original": 0.3}))
+    (run / "metrics.jsonl").write_text("\n".join(json.dumps({"step": s, "loss": 2.0 / s})
+                                                 for s in range(1, 11)))
+    np.savez(run / "similarities_ccneg.npz", **{k: rng.normal(size=50) for k in report.KINDS})
+    runs.append(str(run))
+  assert evaluate.main([f"--report={','.join(runs)}", f"--out={tmp_path / 'report'}"]) == 0
+  table = (tmp_path / "report" / "report.md").read_text()
+  assert "| metric | clip | semclip |" in table and "| ccneg/accuracy | 0.7000 | 0.8000 |" in table
+  for name in ("similarities", "benchmarks", "training"):
+    with Image.open(tmp_path / "report" / f"{name}.png") as image:
+      image.verify()
+      assert image.size[0] > 100
+  combined = json.loads((tmp_path / "report" / "results.json").read_text())
+  assert set(combined) == {"clip", "semclip"}
+  with pytest.raises(FileNotFoundError, match="no results"):
+    report.write_report([str(tmp_path / "nowhere")], str(tmp_path / "r2"))
+
+
+def test_training_writes_similarities_for_the_report(tmp_path):
+  config = train.base_config()
+  config.update(total_steps=2, log_every_steps=1, progress_bar=False, export_hf=False)
+  config.data.update(batch_size=8, image_size=32, context_length=32, worker_count=0,
+                     shapes_eval_size=16, shapes_render_size=40)
+  config.mesh.num_devices = 1
+  config.evals = {"ccneg": {"type": "ccneg"}}
+  train.train_and_evaluate(config, str(tmp_path))
+  cosines = np.load(tmp_path / "similarities_ccneg.npz")
+  assert set(cosines.files) == set(report.KINDS) and cosines["negation"].shape == (16,)
