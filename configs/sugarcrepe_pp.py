@@ -22,6 +22,7 @@ def get_config(arg: str | None = None):
   c.checkpoint.every_steps = 50
   c.evals.ccneg = dict(type="ccneg", every_steps=50)  # image-original vs image-negative
   c.evals.retrieval = dict(type="retrieval", every_steps=50)
+  c.evals.sugarcrepe_pp = dict(type="sugarcrepe_pp", every_steps=50)  # ITT/TOT per subset
   if arg == "runlocal":
     shrink_for_cpu(c)
   elif arg:

@@ -6,8 +6,10 @@ import ml_collections
 
 from semclip_jax.evaluators.ccneg import CCNegEvaluator
 from semclip_jax.evaluators.retrieval import RetrievalEvaluator
+from semclip_jax.evaluators.sugarcrepe_pp import SugarCrepePPEvaluator
 
-EVALUATORS = {"ccneg": CCNegEvaluator, "retrieval": RetrievalEvaluator}
+EVALUATORS = {"ccneg": CCNegEvaluator, "retrieval": RetrievalEvaluator,
+              "sugarcrepe_pp": SugarCrepePPEvaluator}
 
 
 def make_evaluator(eval_config: ml_collections.ConfigDict, data_config: ml_collections.ConfigDict):
@@ -19,4 +21,6 @@ def make_evaluator(eval_config: ml_collections.ConfigDict, data_config: ml_colle
     raise ValueError(f"unknown evaluator type {kind!r}; choose one of {sorted(EVALUATORS)}")
   data = ml_collections.ConfigDict(data_config.to_dict())
   data.update(eval_config.get("data", {}))
+  if kind == "sugarcrepe_pp":  # needs per-item subset labels, which make_source cannot give
+    return SugarCrepePPEvaluator.from_config(data)
   return EVALUATORS[kind](make_source(data, split=data.eval_split), data)
