@@ -9,8 +9,8 @@ negation`; image `{image_number:09d}.jpg`), or converted from the CoN-CLIP relea
   # the paper's CLIP baseline and ablations: --config.loss.name=clip | paraphrase_only | negation_only
   python -m semclip_jax.main --config=configs/ccneg.py:runlocal --workdir=/tmp/ccneg_smoke ...
 
-Split: by image with seed (CC-Neg has one caption triple per image); `--config.data.ccneg_official=True`
-uses the release's split (the last 40,000 items evaluate).
+Split: the release's (the last 40,000 items evaluate, the rest train);
+`--config.data.ccneg_official=False` splits by image with `data.ratios` and `data.split_seed` instead.
 """
 
 from semclip_jax.train import base_config, paper_finetuning, shrink_for_cpu
@@ -20,6 +20,7 @@ def get_config(arg: str | None = None):
   c = paper_finetuning(base_config())
   c.total_steps = 1500  # ~4 epochs of the ~188k training triples
   c.data.layout = "ccneg"
+  c.data.ccneg_official = True  # evaluate on the release's last 40,000 items, train on the rest
   c.data.path = ""  # the CC-Neg CSV (required)
   c.data.image_dir = ""  # its images (required)
   c.checkpoint.every_steps = 250

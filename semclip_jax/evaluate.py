@@ -38,6 +38,8 @@ def config_for_model(args: argparse.Namespace) -> tuple[ml_collections.ConfigDic
                       ("layout", "layout"), ("split", "eval_split"), ("batch_size", "batch_size")):
     if getattr(args, flag) is not None:
       config.data[field] = getattr(args, flag)
+  if config.data.layout == "ccneg" and config.data.kind == "csv":
+    config.data.ccneg_official = True  # CC-Neg is scored on its official 40,000-item split
   if args.out:
     workdir = args.out
   return config, workdir

@@ -7,9 +7,10 @@ import ml_collections
 from semclip_jax.evaluators.ccneg import CCNegEvaluator
 from semclip_jax.evaluators.retrieval import RetrievalEvaluator
 from semclip_jax.evaluators.sugarcrepe_pp import SugarCrepePPEvaluator
+from semclip_jax.evaluators.zeroshot import ZeroShotEvaluator
 
 EVALUATORS = {"ccneg": CCNegEvaluator, "retrieval": RetrievalEvaluator,
-              "sugarcrepe_pp": SugarCrepePPEvaluator}
+              "sugarcrepe_pp": SugarCrepePPEvaluator, "zeroshot": ZeroShotEvaluator}
 
 
 def make_evaluator(eval_config: ml_collections.ConfigDict, data_config: ml_collections.ConfigDict):
@@ -19,6 +20,8 @@ def make_evaluator(eval_config: ml_collections.ConfigDict, data_config: ml_colle
   kind = eval_config.type
   if kind not in EVALUATORS:
     raise ValueError(f"unknown evaluator type {kind!r}; choose one of {sorted(EVALUATORS)}")
+  if kind == "zeroshot":  # reads TFDS datasets itself, not a triple source
+    return ZeroShotEvaluator.from_config(eval_config)
   data = ml_collections.ConfigDict(data_config.to_dict())
   data.update(eval_config.get("data", {}))
   if kind == "sugarcrepe_pp":  # needs per-item subset labels, which make_source cannot give

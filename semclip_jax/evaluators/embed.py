@@ -22,7 +22,7 @@ from semclip_jax.sharding import batch_sharding
 CAPTION_KINDS = ("caption", "paraphrase", "negation")
 
 
-def _unit(x: jax.Array) -> jax.Array:
+def unit(x: jax.Array) -> jax.Array:
   return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), 1e-6)
 
 
@@ -36,12 +36,12 @@ def make_encode_fn(model: CLIP):
     b, k, length = tokens.shape
     zi = module.encode_image(images)
     z = module.encode_text(tokens.reshape(b * k, length)).reshape(b, k, -1)
-    return _unit(zi), _unit(z)
+    return unit(zi), unit(z)
 
   return lambda images, tokens: encode(state, images, tokens)
 
 
-def _pad(x: np.ndarray, rows: int) -> np.ndarray:
+def pad_rows(x: np.ndarray, rows: int) -> np.ndarray:
   return np.concatenate([x, np.zeros((rows - len(x), *x.shape[1:]), x.dtype)]) if len(x) < rows else x
 
 
@@ -59,7 +59,7 @@ def embed_source(model: CLIP, source, data_config: ml_collections.ConfigDict, me
     for batch in pipeline:
       n = len(batch["id"])
       full = data_config.batch_size
-      arrays = [_pad(batch["image"], full), _pad(batch["tokens"], full)]
+      arrays = [pad_rows(batch["image"], full), pad_rows(batch["tokens"], full)]
       if mesh is not None:
         arrays = [jax.device_put(a, batch_sharding(mesh)) for a in arrays]
       zi, z = encode(*arrays)
