@@ -1,0 +1,126 @@
+"""Command line of triple generation: `python -m semclip_jax.data.triples --input=... --output=...`.
+
+Examples:
+  # the paper's setting: Phi-4 generates, Mistral verifies and regenerates (ollama)
+  python -m semclip_jax.data.triples --input=cc3m.csv --output=cc3m_triples.csv \
+      --backend=ollama --model=phi4 --verifier_model=mistral
+  # any OpenAI-compatible server (vLLM, llama.cpp server, TGI)
+  python -m semclip_jax.data.triples --input=captions.jsonl --output=triples.jsonl \
+      --backend=openai --base_url=http://127.0.0.1:8000/v1 --model=Qwen/Qwen2.5-7B-Instruct
+  # a local model folder or GGUF file, offline; or the rule templates
+  python -m semclip_jax.data.triples --input=c.csv --output=t.csv --backend=transformers \
+      --model=/models/phi-4-mini-instruct
+  python -m semclip_jax.data.triples --input=c.csv --output=t.csv --backend=rules
+
+Exit status: 0 done; 1 some fields failed on the backend (rerun the same command to retry only
+those); 2 bad input or options, or a backend that cannot serve any request; 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+
+from semclip_jax.data.triples import backends, generate, pipeline
+
+
+def _parser() -> argparse.ArgumentParser:
+  parser = argparse.ArgumentParser(prog="python -m semclip_jax.data.triples",
+                                   description="Paraphrase and negation of captions by LLMs, "
+                                   "verified, cached and resumable.")
+  add = parser.add_argument
+  add("--input", help="CSV/JSONL of captions, or ArrayRecord shards (a folder or a file)")
+  add("--output", help=".csv or .jsonl (records + paraphrased, negation and flags), or a folder "
+      "of ArrayRecord shards (from ArrayRecord input)")
+  add("--caption_column", default="caption")
+  add("--paraphrase_column", default="paraphrased")
+  add("--negation_column", default="negation")
+  add("--backend", default="ollama", choices=backends.BACKENDS)
+  add("--model", default="", help="model name (ollama, openai) or local folder / .gguf file "
+      "(transformers)")
+  add("--base_url", help="server URL (default: ollama http://127.0.0.1:11434, openai "
+      "http://127.0.0.1:8000/v1)")
+  add("--verifier_backend", choices=backends.BACKENDS, help="default: --backend")
+  add("--verifier_model", help="verifies and regenerates (default: --model)")
+  add("--verifier_base_url", help="default: --base_url when the backends are the same")
+  add("--api_key", help="bearer token (default for openai: $OPENAI_API_KEY)")
+  add("--verify", action=argparse.BooleanOptionalAction, default=True,
+      help="ask the verifier yes/no about each answer")
+  add("--regenerate", action=argparse.BooleanOptionalAction, default=True,
+      help="regenerate rejected answers with the verifier model")
+  add("--prompts", help="JSON file {kind: {system, user, examples}} overriding default prompts; "
+      "kinds: paraphrase, negation, verify_paraphrase, verify_negation")
+  add("--print_prompts", action="store_true", help="print the prompts as JSON and exit")
+  add("--temperature", type=float, default=0.7, help="generation and regeneration")
+  add("--verify_temperature", type=float, default=0.0)
+  add("--max_tokens", type=int, default=128, help="answer length limit")
+  add("--max_length_ratio", type=float, default=2.0,
+      help="reject answers longer than this times the caption (+20 characters)")
+  add("--concurrency", type=int, default=8, help="requests in flight")
+  add("--timeout", type=float, default=60.0, help="seconds to connect and between bytes")
+  add("--retries", type=int, default=4, help="retries of connection errors, timeouts, 429, 5xx")
+  add("--backoff", type=float, default=1.0, help="seconds before the first retry, then doubled")
+  add("--max_backoff", type=float, default=30.0)
+  add("--cache", help="SQLite cache (default: <output>.cache.sqlite, or in the output folder)")
+  add("--device", help="transformers: cpu, cuda, cuda:1 ... (default: cuda if available)")
+  add("--dtype", default="auto", help="transformers: auto, float32, bfloat16, float16")
+  add("--records_per_shard", type=int, default=10_000, help="ArrayRecord output")
+  add("--progress_every", type=float, default=30.0, help="seconds between progress lines")
+  return parser
+
+
+def _prompts(path: str | None) -> dict[str, generate.Prompt]:
+  if path is None:
+    return generate.load_prompts(None)
+  with open(path, encoding="utf-8") as f:
+    return generate.load_prompts(json.load(f))
+
+
+def _backends(args: argparse.Namespace) -> tuple[backends.Backend, backends.Backend]:
+  retry = backends.RetryPolicy(args.retries, args.backoff, args.max_backoff)
+  common = dict(timeout=args.timeout, retry=retry, api_key=args.api_key, device=args.device,
+                dtype=args.dtype)
+  generator = backends.make_backend(args.backend, args.model, base_url=args.base_url, **common)
+  name = args.verifier_backend or args.backend
+  model = args.verifier_model or (args.model if name == args.backend else "")
+  url = args.verifier_base_url or (args.base_url if name == args.backend else None)
+  if (name, model, url) == (args.backend, args.model, args.base_url):
+    return generator, generator  # one backend object: a local model is loaded once
+  return generator, backends.make_backend(name, model, base_url=url, **common)
+
+
+def main(argv: list[str] | None = None) -> int:
+  args = _parser().parse_args(argv)
+  try:
+    prompts = _prompts(args.prompts)
+    if args.print_prompts:
+      print(json.dumps({k: dataclasses.asdict(p) for k, p in prompts.items()}, indent=1))
+      return 0
+    if not args.input or not args.output:
+      raise ValueError("--input and --output are required")
+    generator, verifier = _backends(args)
+    settings = generate.Settings(prompts, args.temperature, args.verify_temperature,
+                                 args.max_tokens, args.verify, args.regenerate, args.concurrency,
+                                 args.max_length_ratio)
+    summary = pipeline.run(args.input, args.output, generator, verifier, settings=settings,
+                           cache_path=args.cache, caption_column=args.caption_column,
+                           columns={"paraphrase": args.paraphrase_column,
+                                    "negation": args.negation_column},
+                           records_per_shard=args.records_per_shard,
+                           log=lambda m: print(m, flush=True), progress_every=args.progress_every)
+  except backends.FatalBackendError as e:
+    print(f"error: the backend cannot serve requests: {e}", file=sys.stderr)
+    return 2
+  except (ValueError, OSError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  except KeyboardInterrupt:
+    print("interrupted; the answers received so far are cached", file=sys.stderr)
+    return 130
+  return 1 if summary["backend_failures"] else 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

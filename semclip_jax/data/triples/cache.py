@@ -1,0 +1,78 @@
+"""An on-disk cache of model answers, written as they arrive: no answered request is sent twice.
+
+One SQLite table:
+
+  responses(caption TEXT, model TEXT, prompt TEXT, kind TEXT, response TEXT, created REAL,
+            PRIMARY KEY (caption, model, prompt, kind))
+
+`model` is the backend and model ("ollama:phi4"), `prompt` the SHA-256 of the rendered request
+(messages, temperature, token limit; see `prompt_key`), `kind` the request's purpose
+("paraphrase", "verify_negation", "regenerate_paraphrase", ...). Each `put` is its own transaction
+in WAL mode: once it returns, the answer survives a killed process (synchronous=NORMAL trades only
+the last commits before a power cut, never consistency). Many threads share one connection behind
+a lock; SQLite's own locking lets several processes share a file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sqlite3
+import threading
+import time
+from typing import Any, Mapping
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS responses (
+  caption TEXT NOT NULL, model TEXT NOT NULL, prompt TEXT NOT NULL, kind TEXT NOT NULL,
+  response TEXT NOT NULL, created REAL NOT NULL,
+  PRIMARY KEY (caption, model, prompt, kind))
+"""
+
+
+def prompt_key(payload: Mapping[str, Any]) -> str:
+  """SHA-256 of the canonical JSON of everything that shapes an answer besides the model."""
+  text = json.dumps(payload, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+  return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+class Cache:
+  """Answers keyed by (caption, model, prompt, kind); thread-safe."""
+
+  def __init__(self, path: str):
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    self.path = path
+    # isolation_level=None: autocommit, so every INSERT is durable when execute() returns.
+    self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=60)
+    self._db.execute("PRAGMA journal_mode=WAL")
+    self._db.execute("PRAGMA synchronous=NORMAL")
+    self._db.execute(_SCHEMA)
+    self._lock = threading.Lock()
+
+  def get(self, caption: str, model: str, prompt: str, kind: str) -> str | None:
+    with self._lock:
+      row = self._db.execute(
+          "SELECT response FROM responses WHERE caption=? AND model=? AND prompt=? AND kind=?",
+          (caption, model, prompt, kind)).fetchone()
+    return None if row is None else row[0]
+
+  def put(self, caption: str, model: str, prompt: str, kind: str, response: str) -> None:
+    with self._lock:
+      self._db.execute("INSERT OR REPLACE INTO responses VALUES (?, ?, ?, ?, ?, ?)",
+                       (caption, model, prompt, kind, response, time.time()))
+
+  def __len__(self) -> int:
+    with self._lock:
+      return self._db.execute("SELECT COUNT(*) FROM responses").fetchone()[0]
+
+  def close(self) -> None:
+    with self._lock:
+      self._db.close()
+
+  def __enter__(self) -> "Cache":
+    return self
+
+  def __exit__(self, *exc) -> None:
+    self.close()
