@@ -208,6 +208,8 @@ def test_split_column_and_ccneg_layout(tmp_path):
   val = sources.csv_source(str(path), str(tmp_path), split="val", split_column="split")
   assert [t.caption for t in val.triples] == ["c1", "c4", "c7"]
   assert len(sources.ccneg_official_split(triples * 5000, "test")) == sources.CCNEG_EVAL_ITEMS
+  with pytest.raises(ValueError, match="official split needs more than"):
+    sources.ccneg_official_split(triples, "train")
 
 
 def test_real_sugarcrepe_csv_parses_and_splits_by_image(sugarcrepe_csv):

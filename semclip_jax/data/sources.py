@@ -130,6 +130,10 @@ def split_by_image(triples: Sequence[Triple], split: str, *, ratios: Sequence[fl
 
 def ccneg_official_split(triples: Sequence[Triple], split: str) -> list[Triple]:
   """CC-Neg's release split: the last 40,000 items evaluate ("test"), the rest train."""
+  if len(triples) <= CCNEG_EVAL_ITEMS:
+    raise ValueError(f"CC-Neg's official split needs more than its {CCNEG_EVAL_ITEMS} evaluation "
+                     f"items, got {len(triples)} in all; is this the CC-Neg release? Otherwise "
+                     "set data.ccneg_official=False to split by image")
   if split == "train":
     return list(triples[:-CCNEG_EVAL_ITEMS])
   if split == "test":
