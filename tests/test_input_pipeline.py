@@ -224,3 +224,32 @@ def test_real_sugarcrepe_csv_parses_and_splits_by_image(sugarcrepe_csv):
   assert 0.75 < len(images["train"]) / 1542 < 0.85
   again = sources.split_by_image(triples, "test")
   assert [t.id for t in again] == [t.id for t in splits["test"]]
+
+
+def test_trim_to_bucket():
+  tokens = np.zeros((2, 3, 77), np.int32)
+  tokens[:, :, 0] = 49406
+  tokens[0, 1, 1:19] = 5
+  tokens[0, 1, 19] = 49407  # the longest caption ends at position 19: 20 tokens
+  trimmed = input_pipeline.trim_to_bucket(tokens, (16, 24, 32, 77))
+  assert trimmed.shape == (2, 3, 24) and np.array_equal(trimmed, tokens[..., :24])
+  assert input_pipeline.trim_to_bucket(tokens, (8, 16)).shape[-1] == 77  # no bucket fits: keep all
+  assert input_pipeline.trim_to_bucket(tokens[..., :12], (16, 24)).shape[-1] == 12  # never longer
+
+
+def test_length_buckets_leave_embeddings_unchanged(tmp_path, tokenizer):
+  from semclip_jax.models import create_clip, get_preset  # pylint: disable=import-outside-toplevel
+
+  path, images = _write_dataset(tmp_path)
+  source = sources.csv_source(str(path), str(images), split=None)
+  bucketed = _take(input_pipeline.make_pipeline(source, _config(context_length=77, batch_size=8),
+                                                train=False, tokenizer=tokenizer), 1)[0]
+  full = _take(input_pipeline.make_pipeline(source, _config(context_length=77, batch_size=8,
+                                                            length_buckets=()),
+                                            train=False, tokenizer=tokenizer), 1)[0]
+  assert bucketed["tokens"].shape == (8, 3, 16) and full["tokens"].shape == (8, 3, 77)
+  np.testing.assert_array_equal(bucketed["image"], full["image"])
+  model = create_clip(get_preset("tiny"), seed=1)
+  for k in range(3):
+    np.testing.assert_allclose(model.encode_text(bucketed["tokens"][:, k]),
+                               model.encode_text(full["tokens"][:, k]), rtol=0, atol=1e-5)

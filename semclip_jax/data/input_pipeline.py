@@ -6,7 +6,8 @@ mean/std → tokenize the three captions → drop bad records (counted) → batc
 optionally global `jax.Array`s over a mesh.
 
 Batches are dicts: `image` float32 [B, S, S, 3], `tokens` int32 [B, 3, L] (original, paraphrase,
-negation) and `id` (numpy strings). The iterator's state (`get_state`/`set_state`) is JSON-able
+negation; L is the smallest of `length_buckets` holding the batch's longest caption) and `id`
+(numpy strings). The iterator's state (`get_state`/`set_state`) is JSON-able
 and restores the exact batch sequence.
 
 Bad-input policy: a record whose image is missing, unreadable, truncated or zero-size, or whose
@@ -43,6 +44,10 @@ def default_config() -> ml_collections.ConfigDict:
   c.batch_size = 256  # global batch size (split evenly over processes)
   c.image_size = 224  # square side fed to the image tower
   c.context_length = 77  # tokens per caption
+  # Each batch's tokens are cut to the smallest of these lengths that holds its longest caption
+  # (capped at context_length): the text tower is causal and pools at EOS, so the tokens after the
+  # last EOS change nothing. One compilation per length used; () keeps context_length always.
+  c.length_buckets = (16, 24, 32, 48, 64, 77)
   c.train_crop = "random_resized"  # train images: "random_resized" crop or "center" (as eval)
   c.crop_scale = (0.9, 1.0)  # random resized crop: range of the kept fraction of the image area
   c.seed = 0  # shuffle and augmentation seed
@@ -215,12 +220,33 @@ def _allow_grain_workers() -> None:
     flags.FLAGS.mark_as_parsed()
 
 
+def trim_to_bucket(tokens: np.ndarray, buckets: tuple[int, ...], pad_id: int = 0) -> np.ndarray:
+  """[B, 3, L] -> [B, 3, L'] with L' the smallest bucket (or L) ≥ the longest caption's length.
+
+  With several processes every one must cut to the same length (they form one global array), so
+  the longest length is agreed by an all-gather.
+  """
+  full = tokens.shape[-1]
+  used = np.flatnonzero(np.any(tokens != pad_id, axis=tuple(range(tokens.ndim - 1))))
+  longest = int(used[-1]) + 1 if used.size else 1
+  import jax  # pylint: disable=import-outside-toplevel
+
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+
+    longest = int(np.max(multihost_utils.process_allgather(np.int32(longest))))
+  length = min([b for b in buckets if longest <= b <= full] or [full])
+  return tokens[..., :length]
+
+
 class InputPipeline:
   """Iterator of batches with the bad-record accounting and a checkpointable state."""
 
   def __init__(self, dataset: grain.IterDataset, epoch_size: int, max_bad_fraction: float,
-               mesh=None):
+               mesh=None, length_buckets: tuple[int, ...] = (), pad_id: int = 0):
     self._iterator = iter(dataset)
+    self.length_buckets = tuple(sorted(length_buckets))
+    self.pad_id = pad_id
     self.epoch_size = epoch_size
     self.max_bad_fraction = max_bad_fraction
     self.mesh = mesh
@@ -235,6 +261,8 @@ class InputPipeline:
     skipped = int(np.sum(batch.pop("num_skipped")))
     notes = [n for joined in np.atleast_1d(batch.pop("skip_notes")) for n in str(joined).split("\n") if n]
     self._account(len(batch["id"]), skipped, notes)
+    if self.length_buckets:
+      batch["tokens"] = trim_to_bucket(batch["tokens"], self.length_buckets, self.pad_id)
     if self.mesh is not None:
       from semclip_jax.sharding import global_batch  # pylint: disable=import-outside-toplevel
 
@@ -287,6 +315,8 @@ def make_pipeline(source, config: ml_collections.ConfigDict, *, train: bool, mes
     import jax  # pylint: disable=import-outside-toplevel
 
     process_index, process_count = jax.process_index(), jax.process_count()
+  tokenizer = tokenizer or CLIPTokenizer(context_length=config.context_length)
   dataset, epoch_size = build_dataset(source, config, train=train, tokenizer=tokenizer,
                                       process_index=process_index, process_count=process_count)
-  return InputPipeline(dataset, epoch_size, config.max_bad_fraction, mesh)
+  return InputPipeline(dataset, epoch_size, config.max_bad_fraction, mesh,
+                       tuple(config.get("length_buckets", ())), tokenizer.pad_id)
