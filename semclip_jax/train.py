@@ -196,7 +196,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   previous = {s: signal.signal(s, lambda signum, _: stop.update(signal=signum))
               for s in (signal.SIGTERM, signal.SIGINT)}
   progress = _progress_bar(config, start, is_main)
-  step, last_time, eval_results = start, time.perf_counter(), {}
+  schedule = optim.learning_rate_schedule(config.optim, config.total_steps)
+  step, eval_results = start, {}
+  last_log = (start, time.perf_counter())
   try:
     while step < config.total_steps and not _stop_agreed(stop, step):
       batch = next(pipeline)
@@ -205,13 +207,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       if step % config.log_every_steps == 0 or step == config.total_steps:
         metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
         now = time.perf_counter()
-        steps_per_s = config.log_every_steps / max(now - last_time, 1e-9)
-        last_time = now
+        steps_per_s = (step - last_log[0]) / max(now - last_log[1], 1e-9)
+        last_log = (step, now)
         metrics.update(steps_per_s=steps_per_s,
                        samples_per_s=steps_per_s * config.data.batch_size,
-                       learning_rate=float(optim.learning_rate_schedule(
-                           config.optim, config.total_steps)(step)),
-                       input_skipped=float(pipeline.skipped))
+                       learning_rate=float(schedule(step)), input_skipped=float(pipeline.skipped))
         writer.write(step, metrics)
         train_step.check_skips(metrics, config.max_consecutive_skips)
         if progress is not None:
@@ -239,9 +239,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       progress = None
     if is_main:
       if eval_results:
-        with open(os.path.join(workdir, "results.json"), "w", encoding="utf-8") as f:
-          json.dump({"step": step, **eval_results}, f, indent=2, sort_keys=True)
-        print(results_table(eval_results, title=f"{config.loss.name} after {step} steps"))
+        write_results(workdir, step, eval_results, f"{config.loss.name} after {step} steps")
       if config.export_hf:
         hf.save_hf_clip(current_model(), os.path.join(workdir, "hf"))
     return eval_results
@@ -267,6 +265,14 @@ def evaluate_model(evaluators: dict[str, Any], model, mesh, workdir: str) -> dic
       os.makedirs(workdir, exist_ok=True)
       np.savez(os.path.join(workdir, f"similarities_{name}.npz"), **similarities)
   return results
+
+
+def write_results(workdir: str, step: int, results: dict[str, float], title: str) -> None:
+  """workdir/results.json (what the report reads) and the table on stdout."""
+  os.makedirs(workdir, exist_ok=True)
+  with open(os.path.join(workdir, "results.json"), "w", encoding="utf-8") as f:
+    json.dump({"step": step, **results}, f, indent=2, sort_keys=True)
+  print(results_table(results, title=title))
 
 
 def _stop_agreed(stop: dict[str, Any], step: int, every: int = 10) -> bool:
@@ -330,10 +336,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float
   evaluators = {name: make_evaluator(c, data) for name, c in config.evals.items()}
   results = evaluate_model(evaluators, model, mesh, workdir)
   if jax.process_index() == 0:
-    os.makedirs(workdir, exist_ok=True)
-    with open(os.path.join(workdir, "results.json"), "w", encoding="utf-8") as f:
-      json.dump({"step": step, **results}, f, indent=2, sort_keys=True)
-    print(results_table(results, title=f"evaluation of step {step}"))
+    write_results(workdir, step, results, f"evaluation of step {step}")
   return results
 
 
