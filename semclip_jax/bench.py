@@ -1,10 +1,20 @@
-"""Benchmarks: `python -m semclip_jax.bench --what=input`.
+"""Benchmarks: `python -m semclip_jax.bench --what=step|input|peak|all`.
+
+`step` times the full training step (image tower on B images, text tower on the 3B captions in one
+call, loss, backward, AdamW update) after compilation and warm-up: median step time, samples/s,
+model FLOPs per step (counted analytically, see `train_step_flops`), MFU against a matmul peak
+measured in the same run, XLA's own FLOP count, peak memory and compile time. Captions are drawn
+from the SugarCrepe++ CSV (../shared/data) when present and cut to their length bucket exactly as
+the input pipeline does.
 
 `input` measures the input pipeline's records/s, from source to finished batches (decode, crop,
 normalise, tokenize three captions, batch), for the built-in shapes dataset (rendered on the fly)
 and for JPEG files on disk (CSV + image folder, the paper's layout), each with the main process
-alone and with grain worker processes. Prints a table and one JSON line per measurement.
-Absolute rates depend on the machine: compare rows of one run.
+alone and with grain worker processes.
+
+`peak` measures the dense matmul peak (float32 on CPU, bfloat16 on GPU/TPU) that MFU is quoted
+against. Every measurement prints a table and one JSON line. Absolute rates depend on the machine:
+compare rows of one run.
 """
 
 from __future__ import annotations
@@ -14,16 +24,231 @@ import csv
 import json
 import os
 import platform
+import resource
+import statistics
 import tempfile
 import time
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 
+from semclip_jax import sharding, train, train_step
 from semclip_jax.data import input_pipeline, sources
 from semclip_jax.data.shapes import ShapesSource
 from semclip_jax.data.tokenizer import CLIPTokenizer
+from semclip_jax.models.presets import CLIPConfig, get_preset
+
+SUGARCREPE_CSV = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data",
+                              "sugarcrepe_pp_paraphrased.csv")
+FREEZE_IMAGE = (r"^model\.vision\.",)  # the paper's setting: image tower frozen
+
+
+# ----------------------------------------------------------------------------------------------
+# FLOPs, counted analytically (multiply-add = 2 FLOPs; matmuls only: norms, softmax, GELU and the
+# loss are < 1% for these shapes).
+# ----------------------------------------------------------------------------------------------
+def transformer_flops(layers: int, width: int, mlp: int, seq: int) -> int:
+  """Forward FLOPs of one sequence through a pre-norm transformer.
+
+  Per layer: q, k, v, out projections 4·(2·T·d²); MLP 2·(2·T·d·m); attention scores QKᵀ and the
+  weighted sum AV 2·(2·T²·d). Causal attention is counted in full: the kernels compute all T²
+  scores and mask them, so these are FLOPs executed.
+  """
+  return layers * (8 * seq * width**2 + 4 * seq * width * mlp + 4 * seq**2 * width)
+
+
+def image_tower_flops(config: CLIPConfig) -> int:
+  """Forward FLOPs per image: patch embedding, the ViT over patches + class token, projection."""
+  v = config.vision
+  patches = (v.image_size // v.patch_size) ** 2
+  return (2 * patches * v.patch_size**2 * v.num_channels * v.hidden_size
+          + transformer_flops(v.num_hidden_layers, v.hidden_size, v.intermediate_size, patches + 1)
+          + 2 * v.hidden_size * config.projection_dim)
+
+
+def text_tower_flops(config: CLIPConfig, length: int) -> int:
+  """Forward FLOPs per caption of `length` tokens (the embedding lookup is a gather: 0 FLOPs)."""
+  t = config.text
+  return (transformer_flops(t.num_hidden_layers, t.hidden_size, t.intermediate_size, length)
+          + 2 * t.hidden_size * config.projection_dim)
+
+
+def train_step_flops(config: CLIPConfig, batch_size: int, text_length: int,
+                     freeze_image: bool) -> dict[str, int]:
+  """Model FLOPs of one SemCLIP train step on B images and 3B captions of `text_length` tokens.
+
+  A trained tower costs 3× its forward (forward, then gradients w.r.t. activations and w.r.t.
+  weights, each as large as the forward); a frozen image tower only its forward, since nothing
+  upstream of it needs a gradient. Logits: 2·B²·D per direction, forward and backward.
+  """
+  image = batch_size * image_tower_flops(config) * (1 if freeze_image else 3)
+  text = 3 * batch_size * text_tower_flops(config, text_length) * 3
+  logits = 3 * 2 * 2 * batch_size**2 * config.projection_dim
+  return {"image": image, "text": text, "loss": logits, "total": image + text + logits}
+
+
+# ----------------------------------------------------------------------------------------------
+# Peak: the dense matmul rate of this machine, measured in the same run as the step.
+# ----------------------------------------------------------------------------------------------
+def default_peak_dtype() -> str:
+  return "float32" if jax.default_backend() == "cpu" else "bfloat16"
+
+
+def matmul_peak(dtype: str | None = None, n: int | None = None, repeats: int = 5) -> dict[str, Any]:
+  """FLOP/s of an n×n×n matmul (the best of `repeats`: a peak, not a typical rate)."""
+  dtype = dtype or default_peak_dtype()
+  n = n or (4096 if jax.default_backend() == "cpu" else 16384)
+  keys = jax.random.split(jax.random.key(0))
+  a, b = (jax.random.normal(k, (n, n), jnp.dtype(dtype)) for k in keys)
+  matmul = jax.jit(lambda x, y: jnp.dot(x, y, preferred_element_type=jnp.dtype(dtype)))
+  matmul(a, b).block_until_ready()
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    matmul(a, b).block_until_ready()
+    times.append(time.perf_counter() - start)
+  return {"what": "peak", "dtype": dtype, "n": n, "flops_per_s": 2 * n**3 / min(times),
+          "backend": jax.default_backend(), "device": jax.devices()[0].device_kind}
+
+
+# ----------------------------------------------------------------------------------------------
+# The train step.
+# ----------------------------------------------------------------------------------------------
+def caption_tokens(batch_size: int, *, path: str | None = None, seed: int = 0,
+                   tokenizer: CLIPTokenizer | None = None) -> tuple[np.ndarray, str]:
+  """int32 [B, 3, 77] token ids of (caption, paraphrase, negation) triples and where they came from.
+
+  Real triples from the SugarCrepe++ CSV when it exists (real captions are short, which is what
+  length bucketing exploits); otherwise templated captions of similar length, said in the source.
+  """
+  tokenizer = tokenizer or CLIPTokenizer()
+  rng = np.random.default_rng(seed)
+  path = path if path is not None else SUGARCREPE_CSV
+  if path and os.path.isfile(path):
+    triples = sources.read_triples(path)
+    rows = [triples[i] for i in rng.choice(len(triples), batch_size, replace=len(triples) < batch_size)]
+    texts = [t for row in rows for t in (row.caption, row.paraphrase, row.negation)]
+    origin = os.path.basename(path)
+  else:
+    texts = [t.format(i) for i in range(batch_size) for t in (
+        "a photo of a brown dog running on the beach next to the sea, number {}",
+        "on the beach next to the sea a brown dog is running, number {}",
+        "a photo of a brown dog that is not running on the beach next to the sea, number {}")]
+    origin = "templated"
+  return tokenizer(texts, context_length=77).reshape(batch_size, 3, 77), origin
+
+
+def bench_config(preset: str, batch_size: int, *, freeze_image: bool, dtype: str = "float32",
+                 loss: str = "semclip", paper_compat: bool = False,
+                 chunk_size: int | None = None) -> Any:
+  """The trainer's config for a benchmark step: `preset` from random init, AdamW as the paper."""
+  config = train.paper_finetuning(train.base_config())
+  config.model.update(preset=preset, init_from="", dtype=dtype)
+  config.loss.update(name=loss, paper_compat=paper_compat, chunk_size=chunk_size)
+  config.optim.update(freeze=FREEZE_IMAGE if freeze_image else (), grad_accum_steps=1)
+  config.data.update(batch_size=batch_size, image_size=get_preset(preset).vision.image_size)
+  return config
+
+
+def make_batch(config: Any, tokens: np.ndarray, seed: int = 0) -> dict[str, np.ndarray]:
+  """Normalised-looking random images [B, H, W, 3] and the given tokens [B, 3, L]."""
+  size = config.data.image_size
+  images = np.random.default_rng(seed).standard_normal((tokens.shape[0], size, size, 3), np.float32)
+  return {"image": images, "tokens": tokens}
+
+
+def _memory_analysis(compiled) -> dict[str, int]:
+  analysis = compiled.memory_analysis()
+  if analysis is None:
+    return {}
+  fields = ("argument_size_in_bytes", "output_size_in_bytes", "alias_size_in_bytes",
+            "temp_size_in_bytes")
+  return {f.removesuffix("_in_bytes"): int(getattr(analysis, f, 0)) for f in fields}
+
+
+def _peak_memory_bytes() -> int:
+  stats = jax.devices()[0].memory_stats() or {}
+  if "peak_bytes_in_use" in stats:  # accelerators: the device allocator's high-water mark
+    return int(stats["peak_bytes_in_use"])
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # CPU: the process' max RSS
+
+
+class StepBench:
+  """A compiled train step on a fixed batch, ready to time; `trainee()` is its model before any
+  step (bench_peers copies these weights into the peer so both compute the same loss)."""
+
+  def __init__(self, config: Any, tokens: np.ndarray, *, buckets: Sequence[int] = (), seed: int = 0):
+    self.config = config
+    self.full_length = tokens.shape[-1]
+    self.tokens = input_pipeline.trim_to_bucket(tokens, tuple(buckets)) if buckets else tokens
+    mesh = train.make_mesh(config)
+    train.validate_config(config, mesh.size)
+    self.graphdef, self.state, shardings, tx = train.build_train_state(config, mesh)
+    self.batch = sharding.global_batch(make_batch(config, self.tokens, seed), mesh)
+    step = train_step.make_train_step(self.graphdef, tx, mesh=mesh, state_shardings=shardings)
+    start = time.perf_counter()
+    self.compiled = step.lower(self.state, self.batch).compile()
+    self.compile_s = time.perf_counter() - start
+
+  def trainee(self) -> train_step.Trainee:
+    return train.nnx_merge(self.graphdef, self.state)
+
+  def run(self, steps: int) -> tuple[list[float], dict[str, float]]:
+    """Times `steps` steps (each waited for; the wait is µs against a step of ms to s)."""
+    times, metrics = [], {}
+    for _ in range(steps):
+      start = time.perf_counter()
+      self.state, metrics = self.compiled(self.state, self.batch)
+      jax.block_until_ready(metrics)
+      times.append(time.perf_counter() - start)
+    return times, {k: float(v) for k, v in metrics.items()}
+
+
+def bench_step(args: argparse.Namespace, peak: dict[str, Any]) -> list[dict[str, Any]]:
+  tokens, origin = caption_tokens(args.batch_size, path=args.captions)
+  results = []
+  for freeze in _freeze_settings(args.towers):
+    config = bench_config(args.preset, args.batch_size, freeze_image=freeze, dtype=args.dtype,
+                          loss=args.loss, paper_compat=args.paper_compat,
+                          chunk_size=args.chunk_size)
+    bench = StepBench(config, tokens, buckets=() if args.no_buckets else args.buckets)
+    bench.run(args.warmup)
+    times, metrics = bench.run(args.steps)
+    results.append(step_result(bench, times, metrics, peak, freeze_image=freeze, captions=origin))
+  return results
+
+
+def _freeze_settings(towers: str) -> list[bool]:
+  return {"text": [True], "both": [False], "all": [True, False]}[towers]
+
+
+def step_result(bench: StepBench, times: list[float], metrics: dict[str, float],
+                peak: dict[str, Any], *, freeze_image: bool, captions: str) -> dict[str, Any]:
+  config = bench.config
+  model_config = get_preset(config.model.preset)
+  b, length = config.data.batch_size, bench.tokens.shape[-1]
+  flops = train_step_flops(model_config, b, length, freeze_image)
+  median = statistics.median(times)
+  cost = bench.compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  return {
+      "what": "step", "preset": config.model.preset, "batch_size": b, "dtype": config.model.dtype,
+      "towers": "text" if freeze_image else "both", "loss": config.loss.name,
+      "text_length": length, "full_length": bench.full_length, "captions": captions,
+      "step_s_median": median, "step_s_min": min(times), "steps_timed": len(times),
+      "samples_per_s": b / median, "model_flops": flops["total"],
+      "model_flops_parts": flops, "xla_flops": float(cost.get("flops", -1)) if cost else -1.0,
+      "achieved_flops_per_s": flops["total"] / median,
+      "peak_flops_per_s": peak["flops_per_s"], "peak_dtype": peak["dtype"],
+      "mfu": flops["total"] / median / peak["flops_per_s"],
+      "compile_s": bench.compile_s, "memory": _memory_analysis(bench.compiled),
+      "peak_memory_bytes": _peak_memory_bytes(), "loss_value": metrics.get("loss"),
+      "devices": jax.device_count(), "backend": jax.default_backend(),
+  }
+
 
 
 def write_jpeg_dataset(folder: str, n: int, size: tuple[int, int] = (500, 375), seed: int = 0) -> str:
@@ -73,10 +298,10 @@ def bench_input(args: argparse.Namespace) -> list[dict[str, Any]]:
     }
     for name, source in datasets.items():
       for workers in sorted({0, args.workers}):
-        rate = records_per_second(source, image_size=args.image_size, batch_size=args.batch_size,
+        rate = records_per_second(source, image_size=args.image_size, batch_size=args.input_batch_size,
                                   workers=workers, batches=args.batches, tokenizer=tokenizer)
         results.append({"what": "input", "dataset": name, "workers": workers,
-                        "image_size": args.image_size, "batch_size": args.batch_size,
+                        "image_size": args.image_size, "batch_size": args.input_batch_size,
                         "records_per_s": round(rate, 1)})
   return results
 
@@ -85,25 +310,91 @@ def machine() -> str:
   return f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.system()}, Python {platform.python_version()}"
 
 
+def print_table(results: list[dict[str, Any]]) -> None:
+  for r in results:
+    if r["what"] == "peak":
+      print(f"peak   {r['dtype']} {r['n']}³ matmul on {r['device']}: "
+            f"{r['flops_per_s'] / 1e9:,.1f} GFLOP/s")
+    elif r["what"] == "input":
+      print(f"input  {r['dataset']:<14} workers={r['workers']}  {r['records_per_s']:>8.1f} records/s"
+            + (f"  ({r['times_step_rate']:.0f}× the step's consumption)"
+               if "times_step_rate" in r else ""))
+    elif r["what"] == "step":
+      m = r["memory"]
+      print(f"step   {r['preset']} B={r['batch_size']} {r['dtype']} towers={r['towers']} "
+            f"L={r['text_length']}/{r['full_length']}: {r['step_s_median']:.3f} s/step "
+            f"(min {r['step_s_min']:.3f}), {r['samples_per_s']:.2f} samples/s, "
+            f"{r['model_flops'] / 1e9:,.1f} GFLOP/step (XLA counts {r['xla_flops'] / 1e9:,.1f}), "
+            f"{r['achieved_flops_per_s'] / 1e9:,.1f} GFLOP/s = MFU {100 * r['mfu']:.1f}%, "
+            f"compile {r['compile_s']:.1f} s, XLA temp {m.get('temp_size', 0) / 2**20:,.0f} MiB, "
+            f"peak memory {r['peak_memory_bytes'] / 2**30:.2f} GiB, loss {r['loss_value']:.6f}")
+
+
+def _int_list(text: str) -> tuple[int, ...]:
+  return tuple(int(x) for x in text.split(",") if x)
+
+
+def add_step_arguments(parser: argparse.ArgumentParser) -> None:
+  """The step benchmark's flags (shared with bench_peers, so both measure the same step)."""
+  parser.add_argument("--preset", default="B/32", help="tiny | B/32 | B/16 | L/14")
+  parser.add_argument("--batch_size", type=int, default=32)
+  parser.add_argument("--towers", choices=["text", "both", "all"], default="all",
+                      help="trained towers: text (image frozen, the paper's setting), both, or "
+                           "all = one run of each")
+  parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
+                      help="compute dtype (parameters stay float32)")
+  parser.add_argument("--loss", default="semclip")
+  parser.add_argument("--paper_compat", action="store_true",
+                      help="the official code's contrastive term (as bench_peers' peer computes)")
+  parser.add_argument("--chunk_size", type=int, default=None, help="logits chunk (default: none)")
+  parser.add_argument("--buckets", type=_int_list, default=(16, 24, 32, 48, 64, 77),
+                      help="caption length buckets, comma separated")
+  parser.add_argument("--no_buckets", action="store_true", help="always run all 77 tokens")
+  parser.add_argument("--captions", default=None,
+                      help="CSV of triples (default: ../shared/data's SugarCrepe++ CSV if present)")
+  parser.add_argument("--warmup", type=int, default=1, help="untimed steps after compilation")
+  parser.add_argument("--steps", type=int, default=3, help="timed steps")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
   parser = argparse.ArgumentParser(prog="python -m semclip_jax.bench", description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("--what", choices=["input"], default="input")
-  parser.add_argument("--image_size", type=int, default=224, help="output image side")
-  parser.add_argument("--batch_size", type=int, default=64)
-  parser.add_argument("--batches", type=int, default=20, help="timed batches per measurement")
+  parser.add_argument("--what", choices=["step", "input", "peak", "all"], default="all")
+  add_step_arguments(parser)
+  parser.add_argument("--image_size", type=int, default=None,
+                      help="input benchmark's output image side (default: the preset's)")
+  parser.add_argument("--input_batch_size", type=int, default=64)
+  parser.add_argument("--batches", type=int, default=20, help="timed batches per input measurement")
   parser.add_argument("--workers", type=int, default=2, help="grain worker processes")
   parser.add_argument("--jpeg_files", type=int, default=512, help="JPEGs written for the test")
   parser.add_argument("--shapes_render_size", type=int, default=224,
                       help="side at which shapes are drawn before the crop")
+  parser.add_argument("--json_out", default=None, help="also append the JSON lines to this file")
   args = parser.parse_args(argv)
-  results = bench_input(args)
-  print(f"# {machine()}")
-  print(f"{'dataset':<14} {'workers':>7} {'records/s':>10}")
-  for r in results:
-    print(f"{r['dataset']:<14} {r['workers']:>7} {r['records_per_s']:>10.1f}")
-  for r in results:
-    print(json.dumps({**r, "machine": machine()}))
+
+  results: list[dict[str, Any]] = []
+  if args.what in ("step", "peak", "all"):
+    peak = matmul_peak()
+    results.append(peak)
+  if args.what in ("step", "all"):
+    results += bench_step(args, peak)
+  if args.what in ("input", "all"):
+    args.image_size = args.image_size or get_preset(args.preset).vision.image_size
+    inputs = bench_input(args)
+    step_rates = [r["samples_per_s"] for r in results if r["what"] == "step"]
+    for r in inputs:
+      if step_rates:  # the fastest step is the one the pipeline must keep up with
+        r["times_step_rate"] = r["records_per_s"] / max(step_rates)
+    results += inputs
+
+  stamp = {"machine": machine(), "date": time.strftime("%Y-%m-%d"), "jax": jax.__version__}
+  print(f"# {stamp['machine']}, jax {jax.__version__}, {jax.devices()[0].device_kind}")
+  print_table(results)
+  lines = [json.dumps({**r, **stamp}) for r in results]
+  print("\n".join(lines))
+  if args.json_out:
+    with open(args.json_out, "a", encoding="utf-8") as f:
+      f.write("\n".join(lines) + "\n")
   return 0
 
 

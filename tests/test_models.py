@@ -66,6 +66,27 @@ def test_output_shapes_and_bfloat16_compute():
   assert f32(images=images)[1] is None and f32(texts=ids)[0] is None
 
 
+def test_scanned_layers_equal_the_python_loop_forward_and_backward():
+  # 3 layers: the scan path (the default) against the same blocks applied one by one.
+  model = create_clip(get_preset("tiny").replace(
+      text=dataclasses.replace(get_preset("tiny").text, num_hidden_layers=3)), seed=4)
+  images = jax.random.normal(jax.random.key(1), (2, 32, 32, 3))
+  ids = jnp.array([[49406, 320, 1929, 49407] + [0] * 4] * 2, jnp.int32)
+
+  def loss(m):
+    zi, zt = m(images, ids)
+    return jnp.sum(zi**2) + jnp.sum(jnp.sin(zt))
+
+  scanned_loss, scanned_grads = nnx.value_and_grad(loss)(model)
+  for encoder in (model.text.encoder, model.vision.encoder):
+    assert encoder.scan and len(encoder.blocks) >= 2
+    encoder.scan = False
+  looped_loss, looped_grads = nnx.value_and_grad(loss)(model)
+  np.testing.assert_allclose(scanned_loss, looped_loss, rtol=1e-6)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5),
+               nnx.state(scanned_grads), nnx.state(looped_grads))
+
+
 def test_shorter_context_gives_same_embedding():
   model = create_clip(get_preset("tiny"), seed=2)
   ids = jnp.array([[49406, 320, 1929, 49407] + [0] * 73], jnp.int32)
