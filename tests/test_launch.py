@@ -17,6 +17,7 @@ import pytest
 REPO = pathlib.Path(__file__).resolve().parents[1]
 TPU_POD = REPO / "launch" / "tpu_pod.sh"
 GPU_SLURM = REPO / "launch" / "gpu_slurm.sh"
+GPU_BENCH = REPO / "launch" / "gpu_bench.sh"
 NOTEBOOK = REPO / "launch" / "colab.ipynb"
 BASH = shutil.which("bash")
 needs_bash = pytest.mark.skipif(BASH is None, reason="bash is not installed")
@@ -26,7 +27,7 @@ SCRIPT_VARIABLES = (
     "TPU_NAME", "ZONE", "ACCELERATOR_TYPE", "RUNTIME_VERSION", "PROJECT", "PROVISIONING", "REPO",
     "REPO_REF", "CONFIG", "WORKDIR", "RUN_NAME", "REMOTE_PYTHON", "JAX_VERSION", "GCSFUSE",
     "DRY_RUN", "VENV", "PYTHON", "JAX_CUDA_EXTRA", "PROCS_PER", "GPUS_PER_NODE", "LOG_DIR",
-    "JAX_LOCAL_DEVICE_IDS")
+    "JAX_LOCAL_DEVICE_IDS", "JAX_CUDA", "PRESETS", "BATCHES", "TOWERS", "STEPS", "WARMUP", "OUT")
 
 
 def _fake_bin(tmp_path: pathlib.Path) -> pathlib.Path:
@@ -62,7 +63,7 @@ def _remote_script_parses(gcloud_line: str) -> bool:
 
 
 @needs_bash
-@pytest.mark.parametrize("script", [TPU_POD, GPU_SLURM], ids=lambda p: p.name)
+@pytest.mark.parametrize("script", [TPU_POD, GPU_SLURM, GPU_BENCH], ids=lambda p: p.name)
 def test_scripts_parse(script):
   subprocess.run([BASH, "-n", str(script)], check=True, timeout=30)
 
@@ -165,6 +166,16 @@ def _notebook():
 
 def _source(cell) -> str:
   return "".join(cell["source"]) if isinstance(cell["source"], list) else cell["source"]
+
+
+@needs_bash
+def test_gpu_bench_stops_before_benchmarking_when_jax_sees_no_gpu(tmp_path):
+  import sys  # pylint: disable=import-outside-toplevel
+
+  result = _run(GPU_BENCH, [], tmp_path, PYTHON=sys.executable, OUT=str(tmp_path / "out"))
+  assert result.returncode != 0
+  assert "no GPU visible to jax" in result.stderr
+  assert not (tmp_path / "out" / "gpu_bench.jsonl").exists()
 
 
 def test_notebook_is_nbformat_4_with_empty_outputs():

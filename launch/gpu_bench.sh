@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# launch/gpu_bench.sh: the train-step benchmark on one CUDA GPU (issue 8's GPU figures).
+#
+# Runs `python -m semclip_jax.bench` for ViT-B/32 and ViT-B/16 at batch 256 and 512 in bfloat16
+# compute (float32 parameters and optimizer state), each with the image tower frozen (the paper's
+# setting) and with both towers trained, after measuring the GPU's dense bfloat16 matmul peak in
+# the same process. Then the input pipeline's records/s on this host. Every measurement is one
+# JSON line appended to $OUT/gpu_bench.jsonl; the script ends with a table of MFU per setting.
+#
+# Usage:  bash launch/gpu_bench.sh            (from the repository root)
+#   PYTHON=/path/to/python   use this interpreter as is (it must already import jax with CUDA);
+#                            otherwise a venv $VENV is made with `pip install -e . jax[$JAX_CUDA]`
+#   PRESETS="B/32 B/16" BATCHES="256 512" TOWERS=all STEPS=10 WARMUP=2 OUT=bench_out
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+JAX_VERSION=${JAX_VERSION:-0.10.2}
+JAX_CUDA=${JAX_CUDA:-cuda12}
+VENV=${VENV:-.venv-gpu}
+PRESETS=${PRESETS:-"B/32 B/16"}
+BATCHES=${BATCHES:-"256 512"}
+TOWERS=${TOWERS:-all}
+STEPS=${STEPS:-10}
+WARMUP=${WARMUP:-2}
+OUT=${OUT:-bench_out}
+mkdir -p "$OUT"
+
+if [[ -z "${PYTHON:-}" ]]; then
+  if [[ ! -x "$VENV/bin/python" ]]; then
+    python3.11 -m venv "$VENV"
+    "$VENV/bin/pip" install -q -e . "jax[$JAX_CUDA]==$JAX_VERSION"
+  fi
+  PYTHON="$VENV/bin/python"
+fi
+"$PYTHON" -c "import jax, sys; d = jax.devices(); print('devices:', d); \
+sys.exit(0 if d[0].platform == 'gpu' else 'no GPU visible to jax: ' + str(d))"
+command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version \
+  --format=csv,noheader || true
+
+for preset in $PRESETS; do
+  for batch in $BATCHES; do
+    echo "+ $preset batch $batch bfloat16 towers=$TOWERS"
+    # One process per setting: a failed (e.g. out-of-memory) setting does not stop the others.
+    "$PYTHON" -m semclip_jax.bench --what=step --preset="$preset" --batch_size="$batch" \
+      --dtype=bfloat16 --towers="$TOWERS" --warmup="$WARMUP" --steps="$STEPS" \
+      --json_out="$OUT/gpu_bench.jsonl" || echo "! $preset batch $batch failed"
+  done
+done
+"$PYTHON" -m semclip_jax.bench --what=input --preset=B/16 --workers="$(nproc)" \
+  --json_out="$OUT/gpu_bench.jsonl" || echo "! input benchmark failed"
+
+"$PYTHON" - "$OUT/gpu_bench.jsonl" <<'EOF'
+import json, sys
+rows = [json.loads(line) for line in open(sys.argv[1]) if line.strip()]
+print(f"\n{'preset':<6} {'batch':>5} {'towers':<6} {'L':>3} {'s/step':>8} {'samples/s':>10} "
+      f"{'TFLOP/s':>8} {'peak':>7} {'MFU':>6} {'mem GiB':>8}")
+for r in rows:
+  if r["what"] == "step":
+    print(f"{r['preset']:<6} {r['batch_size']:>5} {r['towers']:<6} {r['text_length']:>3} "
+          f"{r['step_s_median']:>8.4f} {r['samples_per_s']:>10.1f} "
+          f"{r['achieved_flops_per_s'] / 1e12:>8.1f} {r['peak_flops_per_s'] / 1e12:>7.1f} "
+          f"{100 * r['mfu']:>5.1f}% {r['peak_memory_bytes'] / 2**30:>8.1f}")
+  elif r["what"] == "input":
+    print(f"input {r['dataset']} workers={r['workers']}: {r['records_per_s']:.0f} records/s")
+EOF
