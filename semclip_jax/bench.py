@@ -21,9 +21,12 @@ from __future__ import annotations
 
 import argparse
 import csv
+import glob
+import gzip
 import json
 import os
 import platform
+import re
 import resource
 import statistics
 import tempfile
@@ -260,6 +263,33 @@ class StepBench:
     return times, {k: float(v) for k, v in metrics.items()}
 
 
+def profile_step(bench: StepBench, folder: str, top: int = 12) -> list[dict[str, Any]]:
+  """Traces one step with jax.profiler into `folder` (open it in TensorBoard / Perfetto) and
+  returns the XLA ops that took longest, by op kind (fusion names without their numbers)."""
+  jax.profiler.start_trace(folder, create_perfetto_trace=True)
+  try:
+    bench.run(1)
+  finally:
+    jax.profiler.stop_trace()
+  traces = sorted(glob.glob(os.path.join(folder, "plugins", "profile", "*", "perfetto_trace.json.gz")))
+  if not traces:
+    return []
+  with gzip.open(traces[-1], "rt", encoding="utf-8") as f:
+    events = json.load(f)
+  events = events["traceEvents"] if isinstance(events, dict) else events
+  totals: dict[str, list[float]] = {}
+  for e in events:  # leaf ops only: skip executor/Python spans that contain them
+    if e.get("ph") == "X" and not e["name"].startswith(("ThunkExecutor", "$", "PjitFunction")):
+      kind = re.sub(r"[.\d]+$", "", e["name"])
+      totals.setdefault(kind, [0.0, 0])
+      totals[kind][0] += e["dur"] / 1e6
+      totals[kind][1] += 1
+  busy = sum(t for t, _ in totals.values()) or 1.0
+  ranked = sorted(totals.items(), key=lambda kv: -kv[1][0])[:top]
+  return [{"what": "profile", "op": k, "seconds": t, "share": t / busy, "count": n}
+          for k, (t, n) in ranked]
+
+
 def bench_step(args: argparse.Namespace, peak: dict[str, Any]) -> list[dict[str, Any]]:
   tokens, origin = caption_tokens(args.batch_size, path=args.captions)
   results = []
@@ -271,6 +301,9 @@ def bench_step(args: argparse.Namespace, peak: dict[str, Any]) -> list[dict[str,
     bench.run(args.warmup)
     times, metrics = bench.run(args.steps)
     results.append(step_result(bench, times, metrics, peak, freeze_image=freeze, captions=origin))
+    if args.profile_dir:
+      folder = os.path.join(args.profile_dir, "text" if freeze else "both")
+      results += [{**r, "towers": "text" if freeze else "both"} for r in profile_step(bench, folder)]
   return results
 
 
@@ -370,6 +403,9 @@ def print_table(results: list[dict[str, Any]]) -> None:
       print(f"input  {r['dataset']:<14} workers={r['workers']}  {r['records_per_s']:>8.1f} records/s"
             + (f"  ({r['times_step_rate']:.0f}× the step's consumption)"
                if "times_step_rate" in r else ""))
+    elif r["what"] == "profile":
+      print(f"  profile towers={r['towers']} {r['op']:<32} {r['seconds']:8.3f} s "
+            f"{100 * r['share']:5.1f}%  ({r['count']} calls)")
     elif r["what"] == "step":
       m = r["memory"]
       print(f"step   {r['preset']} B={r['batch_size']} {r['dtype']} towers={r['towers']} "
@@ -421,6 +457,8 @@ def main(argv: Sequence[str] | None = None) -> int:
   parser.add_argument("--jpeg_files", type=int, default=512, help="JPEGs written for the test")
   parser.add_argument("--shapes_render_size", type=int, default=224,
                       help="side at which shapes are drawn before the crop")
+  parser.add_argument("--profile_dir", default=None,
+                      help="also trace one step per setting with jax.profiler into this folder")
   parser.add_argument("--json_out", default=None, help="also append the JSON lines to this file")
   args = parser.parse_args(argv)
 

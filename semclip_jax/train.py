@@ -201,8 +201,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   last_log = (start, time.perf_counter())
   try:
     while step < config.total_steps and not _stop_agreed(stop, step):
+      # While step k runs, the host prepares and transfers batch k+1 (grain workers prefetch
+      # further ahead); a device->host read in the step's dispatch would serialise the two.
       batch = next(pipeline)
-      state, metrics = step_fn(state, {k: batch[k] for k in ("image", "tokens")})
+      with jax.transfer_guard_device_to_host("disallow"):
+        state, metrics = step_fn(state, {k: batch[k] for k in ("image", "tokens")})
       step += 1
       if step % config.log_every_steps == 0 or step == config.total_steps:
         metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}

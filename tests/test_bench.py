@@ -30,12 +30,14 @@ def test_transformer_flops_counts_causal_attention_in_full():
   assert bench.transformer_flops(1, d, m, t) == 8 * t * d * d + 4 * t * d * m + 4 * t * t * d
 
 
-def test_step_cli_on_tiny_prints_table_and_json(capsys):
+def test_step_cli_on_tiny_prints_table_json_and_profile(capsys, tmp_path):
   assert bench.main(["--what=step", "--preset=tiny", "--batch_size=8", "--towers=text",
-                     "--steps=1", "--warmup=0", "--captions="]) == 0
+                     "--steps=1", "--warmup=0", "--captions=", f"--profile_dir={tmp_path}"]) == 0
   out = capsys.readouterr().out
   lines = [json.loads(l) for l in out.splitlines() if l.startswith("{")]
-  peak, step = lines
+  peak, step, *profile = lines
+  assert profile and all(p["what"] == "profile" and p["seconds"] >= 0 for p in profile)
+  assert any("fusion" in p["op"] or "dot" in p["op"] for p in profile)
   assert peak["what"] == "peak" and peak["flops_per_s"] > 0
   assert step["what"] == "step" and step["towers"] == "text" and step["captions"] == "templated"
   assert step["samples_per_s"] > 0 and 0 < step["mfu"] < 1.5 and step["compile_s"] > 0
