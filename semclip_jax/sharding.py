@@ -45,6 +45,22 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P(BATCH_AXES))
 
 
+def constrain_to_batch(x: jax.Array) -> jax.Array:
+  """x split over the batch axes on its leading dimension, inside a trace under a mesh.
+
+  Reads the mesh of the enclosing `jax.sharding.use_abstract_mesh` (the train step sets it); with
+  none, a mesh without the batch axes, or a leading dimension they do not divide, x is returned
+  unchanged, so model code can call this unconditionally.
+  """
+  mesh = jax.sharding.get_abstract_mesh()
+  if mesh.empty or not set(BATCH_AXES) <= set(mesh.axis_names):
+    return x
+  ways = int(np.prod([mesh.shape[a] for a in BATCH_AXES]))
+  if ways == 1 or x.ndim == 0 or x.shape[0] % ways:
+    return x
+  return jax.lax.with_sharding_constraint(x, P(BATCH_AXES))
+
+
 def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
 

@@ -25,6 +25,7 @@ from semclip_jax.data import input_pipeline
 from semclip_jax.evaluators import EVALUATORS, make_evaluator
 from semclip_jax.metrics_writer import MetricsWriter, results_table
 from semclip_jax.models import create_clip, get_preset
+from semclip_jax.models.layers import REMAT_POLICIES, set_remat
 
 logger = logging.getLogger(__name__)
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -41,6 +42,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.preset = "tiny"  # tiny | B/32 | B/16 | L/14 (ignored when init_from is set)
   c.model.init_from = ""  # a Hugging Face CLIP folder or hub id to start from
   c.model.dtype = "float32"  # compute dtype: float32 | bfloat16 (parameters stay float32)
+  c.model.remat = "none"  # backward recomputation per block: none | full | dots (layers.py)
   c.loss = objective.default_config()
   c.optim = optim.default_config()
   c.data = data_lib.default_config()
@@ -96,6 +98,9 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None
     raise ValueError(f"config.loss.name={config.loss.name!r} is not one of {list(objective.LOSS_NAMES)}")
   if config.model.dtype not in DTYPES:
     raise ValueError(f"config.model.dtype={config.model.dtype!r} is not one of {list(DTYPES)}")
+  if config.model.remat not in REMAT_POLICIES:
+    raise ValueError(f"config.model.remat={config.model.remat!r} is not one of "
+                     f"{list(REMAT_POLICIES)}")
   micro = config.data.batch_size // max(config.optim.grad_accum_steps, 1)
   if config.data.batch_size % config.optim.grad_accum_steps or micro % num_devices:
     raise ValueError(f"config.data.batch_size={config.data.batch_size} must split into "
@@ -121,8 +126,10 @@ def _eval_data_config(config: ml_collections.ConfigDict, image_size: int | None 
 def build_model(config: ml_collections.ConfigDict):
   dtype = DTYPES[config.model.dtype]
   if config.model.init_from:
-    return hf.load_hf_clip(config.model.init_from, dtype=dtype)
-  return create_clip(get_preset(config.model.preset), seed=config.seed, dtype=dtype)
+    model = hf.load_hf_clip(config.model.init_from, dtype=dtype)
+  else:
+    model = create_clip(get_preset(config.model.preset), seed=config.seed, dtype=dtype)
+  return set_remat(model, config.model.remat)
 
 
 def build_train_state(config: ml_collections.ConfigDict, mesh):

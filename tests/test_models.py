@@ -11,7 +11,7 @@ import transformers
 from flax import nnx
 
 from semclip_jax import hf
-from semclip_jax.models import PRESETS, create_clip, get_preset
+from semclip_jax.models import PRESETS, create_clip, get_preset, layers
 from semclip_jax.models.text import eos_positions
 
 
@@ -85,6 +85,35 @@ def test_scanned_layers_equal_the_python_loop_forward_and_backward():
   np.testing.assert_allclose(scanned_loss, looped_loss, rtol=1e-6)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5),
                nnx.state(scanned_grads), nnx.state(looped_grads))
+
+
+@pytest.mark.parametrize("policy", ["full", "dots"])
+def test_remat_policies_change_memory_not_values(policy):
+  # Same loss and gradients as keeping every activation, and the backward really recomputes.
+  config = get_preset("tiny").replace(
+      text=dataclasses.replace(get_preset("tiny").text, num_hidden_layers=3))
+  images = jax.random.normal(jax.random.key(1), (2, 32, 32, 3))
+  ids = jnp.array([[49406, 320, 1929, 49407] + [0] * 4] * 2, jnp.int32)
+
+  def loss(m):
+    zi, zt = m(images, ids)
+    return jnp.sum(zi**2) + jnp.sum(jnp.sin(zt))
+
+  def value_and_grads(model):
+    graphdef, state = nnx.split(model)
+    fn = jax.value_and_grad(lambda s: loss(nnx.merge(graphdef, s)))
+    return fn(state), str(jax.make_jaxpr(fn)(state))
+
+  (base_loss, base_grads), base_jaxpr = value_and_grads(create_clip(config, seed=4))
+  model = layers.set_remat(create_clip(config, seed=4), policy)
+  assert model.text.encoder.remat == model.vision.encoder.remat == policy
+  (remat_loss, remat_grads), remat_jaxpr = value_and_grads(model)
+  assert "remat" in remat_jaxpr and "remat" not in base_jaxpr  # jax.checkpoint's primitive
+  np.testing.assert_allclose(remat_loss, base_loss, rtol=1e-6)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
+               remat_grads, base_grads)
+  with pytest.raises(ValueError, match="remat policy 'some'"):
+    layers.set_remat(model, "some")
 
 
 def test_shorter_context_gives_same_embedding():

@@ -31,6 +31,24 @@ def test_make_mesh_sizes_and_errors():
     sharding.make_mesh(2, 2)
 
 
+def test_constrain_to_batch_splits_rows_only_under_a_mesh_context():
+  mesh = sharding.make_mesh(2, 4)
+  by_feature = jax.sharding.NamedSharding(mesh, P(None, "fsdp"))
+
+  def constrained(x):
+    with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
+      return sharding.constrain_to_batch(x * 2)
+
+  x = jax.device_put(jnp.ones((16, 8)), by_feature)
+  y = jax.jit(constrained)(x)
+  assert y.sharding.is_equivalent_to(sharding.batch_sharding(mesh), 2)
+  np.testing.assert_array_equal(y, 2 * np.ones((16, 8)))
+  # Rows the 8 devices do not divide, and no mesh context: left as they are.
+  odd = jax.jit(constrained)(jax.device_put(jnp.ones((6, 8)), by_feature))
+  assert odd.sharding.is_equivalent_to(by_feature, 2)
+  assert sharding.constrain_to_batch(x) is x
+
+
 def test_partition_spec_rules_and_fsdp_default():
   big = (512, 2048)
   assert sharding.partition_spec("text.encoder.blocks.0.mlp.fc1.kernel", big, 1) == P()

@@ -12,7 +12,19 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from semclip_jax.sharding import constrain_to_batch
+
 Array = jax.Array
+
+# What the backward pass keeps of each block's forward (`Encoder.remat`): "none" keeps every
+# activation; "full" keeps only the block's input and recomputes the rest (one more forward of
+# each trained block; saved activations O(layers × B × T × D)); "dots" keeps the matmul outputs
+# (not the attention's batched products) and recomputes the elementwise ops between them.
+REMAT_POLICIES: dict[str, Callable | None] = {
+    "none": None,
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
 
 
 def quick_gelu(x: Array) -> Array:
@@ -95,13 +107,19 @@ class Encoder(nnx.Module):
   copies the backward pass's residual-gradient chain (an elementwise add across all layers) into
   every layer's weight-gradient transpose, so layer k recomputes layers L..k (about a third of a
   ViT-B/32 step on CPU, and 5× the compile time). `scan=False` is the plain Python loop.
+
+  `remat` (a `REMAT_POLICIES` key, set by `set_remat`) trades compute for activation memory in
+  the backward pass. Under a mesh, each block's input is constrained to the batch split
+  (`constrain_to_batch`): with FSDP, XLA otherwise may split activations by feature and gather
+  them, instead of gathering the (much smaller) weights of one layer at a time.
   """
 
   def __init__(self, layers: int, dim: int, heads: int, mlp_dim: int, act: str, eps: float, *,
-               dtype, rngs: nnx.Rngs, scan: bool = True):
+               dtype, rngs: nnx.Rngs, scan: bool = True, remat: str = "none"):
     self.blocks = nnx.List(
         [Block(dim, heads, mlp_dim, act, eps, dtype=dtype, rngs=rngs) for _ in range(layers)])
     self.scan = scan
+    self.remat = remat
 
   @classmethod
   def from_config(cls, cfg, *, dtype, rngs: nnx.Rngs) -> "Encoder":
@@ -111,18 +129,36 @@ class Encoder(nnx.Module):
 
   def __call__(self, x: Array, *, causal: bool = False) -> Array:
     """x: [B, T, D] -> [B, T, D]."""
-    if not self.scan or len(self.blocks) < 2:
-      for block in self.blocks:
-        x = block(x, causal=causal)
-      return x
+    if self.remat not in REMAT_POLICIES:
+      raise ValueError(f"remat={self.remat!r} is not one of {list(REMAT_POLICIES)}")
     graphdef, first = nnx.split(self.blocks[0])
-    states = [first] + [nnx.split(block)[1] for block in self.blocks[1:]]
-    stacked = jax.tree.map(lambda *layers: jnp.stack(layers), *states)
 
     def layer(h, state):
-      return nnx.merge(graphdef, state)(h, causal=causal), None
+      return nnx.merge(graphdef, state)(constrain_to_batch(h), causal=causal), None
 
+    if self.remat != "none":
+      layer = jax.checkpoint(layer, policy=REMAT_POLICIES[self.remat], prevent_cse=not self.scan)
+    if not self.scan or len(self.blocks) < 2:
+      for block in self.blocks:
+        x = layer(x, nnx.split(block)[1])[0]
+      return x
+    states = [first] + [nnx.split(block)[1] for block in self.blocks[1:]]
+    stacked = jax.tree.map(lambda *layers: jnp.stack(layers), *states)
     return jax.lax.scan(layer, x, stacked)[0]
+
+
+def set_remat(module: nnx.Module, policy: str) -> nnx.Module:
+  """Sets the rematerialisation policy (a `REMAT_POLICIES` key) of every `Encoder` in `module`.
+
+  An execution choice, not architecture: parameters, checkpoints and exports are unchanged.
+  Returns `module`.
+  """
+  if policy not in REMAT_POLICIES:
+    raise ValueError(f"remat policy {policy!r} is not one of {list(REMAT_POLICIES)}")
+  for _, sub in nnx.iter_modules(module):
+    if isinstance(sub, Encoder):
+      sub.remat = policy
+  return module
 
 
 def normal_param(rngs: nnx.Rngs, shape: tuple[int, ...], std: float) -> nnx.Param:
