@@ -1,4 +1,4 @@
-"""Benchmarks: `python -m semclip_jax.bench --what=step|input|peak|all`.
+"""Benchmarks: `python -m semclip_jax.bench --what=step|input|peak|all|loss_memory|pod`.
 
 `step` times the full training step (image tower on B images, text tower on the 3B captions in one
 call, loss, backward, AdamW update) after compilation and warm-up: median step time, samples/s,
@@ -15,6 +15,11 @@ alone and with grain worker processes.
 `peak` measures the dense matmul peak (float32 on CPU, bfloat16 on GPU/TPU) that MFU is quoted
 against. Every measurement prints a table and one JSON line. Absolute rates depend on the machine:
 compare rows of one run.
+
+`loss_memory` (the sharded loss's per-device memory, chunked vs unchunked, on 8 forced host
+devices) and `pod` (the full step compiled, not run, for 256 forced devices) are
+`semclip_jax.bench_scale`'s measurements, with its flags; `all` leaves them out (the pod
+simulation compiles for minutes).
 """
 
 from __future__ import annotations
@@ -38,10 +43,11 @@ import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 
-from semclip_jax import sharding, train, train_step
+from semclip_jax import bench_scale, sharding, train, train_step
 from semclip_jax.data import input_pipeline, sources
 from semclip_jax.data.shapes import ShapesSource
 from semclip_jax.data.tokenizer import CLIPTokenizer
+from semclip_jax.models.layers import REMAT_POLICIES
 from semclip_jax.models.presets import CLIPConfig, get_preset
 
 SUGARCREPE_CSV = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data",
@@ -198,10 +204,10 @@ def caption_tokens(batch_size: int, *, path: str | None = None, seed: int = 0,
 
 def bench_config(preset: str, batch_size: int, *, freeze_image: bool, dtype: str = "float32",
                  loss: str = "semclip", paper_compat: bool = False,
-                 chunk_size: int | None = None) -> Any:
+                 chunk_size: int | None = None, remat: str = "none") -> Any:
   """The trainer's config for a benchmark step: `preset` from random init, AdamW as the paper."""
   config = train.paper_finetuning(train.base_config())
-  config.model.update(preset=preset, init_from="", dtype=dtype)
+  config.model.update(preset=preset, init_from="", dtype=dtype, remat=remat)
   config.loss.update(name=loss, paper_compat=paper_compat, chunk_size=chunk_size)
   config.optim.update(freeze=FREEZE_IMAGE if freeze_image else (), grad_accum_steps=1)
   config.data.update(batch_size=batch_size, image_size=get_preset(preset).vision.image_size)
@@ -296,7 +302,7 @@ def bench_step(args: argparse.Namespace, peak: dict[str, Any]) -> list[dict[str,
   for freeze in _freeze_settings(args.towers):
     config = bench_config(args.preset, args.batch_size, freeze_image=freeze, dtype=args.dtype,
                           loss=args.loss, paper_compat=args.paper_compat,
-                          chunk_size=args.chunk_size)
+                          chunk_size=args.chunk_size, remat=args.remat)
     bench = StepBench(config, tokens, buckets=() if args.no_buckets else args.buckets)
     bench.run(args.warmup)
     times, metrics = bench.run(args.steps)
@@ -321,6 +327,7 @@ def step_result(bench: StepBench, times: list[float], metrics: dict[str, float],
   return {
       "what": "step", "preset": config.model.preset, "batch_size": b, "dtype": config.model.dtype,
       "towers": "text" if freeze_image else "both", "loss": config.loss.name,
+      "remat": config.model.remat,
       "text_length": length, "full_length": bench.full_length, "captions": captions,
       "step_s_median": median, "step_s_min": min(times), "steps_timed": len(times),
       "samples_per_s": b / median, "model_flops": flops["total"],
@@ -409,7 +416,9 @@ def print_table(results: list[dict[str, Any]]) -> None:
     elif r["what"] == "step":
       m = r["memory"]
       print(f"step   {r['preset']} B={r['batch_size']} {r['dtype']} towers={r['towers']} "
-            f"L={r['text_length']}/{r['full_length']}: {r['step_s_median']:.3f} s/step "
+            f"L={r['text_length']}/{r['full_length']}"
+            + (f" remat={r['remat']}" if r.get("remat", "none") != "none" else "")
+            + f": {r['step_s_median']:.3f} s/step "
             f"(min {r['step_s_min']:.3f}), {r['samples_per_s']:.2f} samples/s, "
             f"{r['model_flops'] / 1e9:,.1f} GFLOP/step "
             f"(traced program: {r['program_matmul_flops'] / 1e9:,.1f}), "
@@ -435,6 +444,8 @@ def add_step_arguments(parser: argparse.ArgumentParser) -> None:
   parser.add_argument("--paper_compat", action="store_true",
                       help="the official code's contrastive term (as bench_peers' peer computes)")
   parser.add_argument("--chunk_size", type=int, default=None, help="logits chunk (default: none)")
+  parser.add_argument("--remat", choices=list(REMAT_POLICIES), default="none",
+                      help="model.remat: recompute each block's activations in the backward pass")
   parser.add_argument("--buckets", type=_int_list, default=(16, 24, 32, 48, 64, 77),
                       help="caption length buckets, comma separated")
   parser.add_argument("--no_buckets", action="store_true", help="always run all 77 tokens")
@@ -447,8 +458,10 @@ def add_step_arguments(parser: argparse.ArgumentParser) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
   parser = argparse.ArgumentParser(prog="python -m semclip_jax.bench", description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("--what", choices=["step", "input", "peak", "all"], default="all")
+  parser.add_argument("--what", choices=["step", "input", "peak", "all", "loss_memory", "pod"],
+                      default="all")
   add_step_arguments(parser)
+  bench_scale.add_arguments(parser)
   parser.add_argument("--image_size", type=int, default=None,
                       help="input benchmark's output image side (default: the preset's)")
   parser.add_argument("--input_batch_size", type=int, default=64)
@@ -476,10 +489,13 @@ def main(argv: Sequence[str] | None = None) -> int:
       if step_rates:  # the fastest step is the one the pipeline must keep up with
         r["times_step_rate"] = r["records_per_s"] / max(step_rates)
     results += inputs
+  if args.what in ("loss_memory", "pod"):
+    results += bench_scale.measure(args.what, args)
 
   stamp = {"machine": machine(), "date": time.strftime("%Y-%m-%d"), "jax": jax.__version__}
   print(f"# {stamp['machine']}, jax {jax.__version__}, {jax.devices()[0].device_kind}")
   print_table(results)
+  bench_scale.print_table(results)
   lines = [json.dumps({**r, **stamp}) for r in results]
   print("\n".join(lines))
   if args.json_out:

@@ -44,3 +44,15 @@ def test_step_cli_on_tiny_prints_table_json_and_profile(capsys, tmp_path):
   assert step["text_length"] < step["full_length"] == 77  # cut to its length bucket
   assert step["program_matmul_flops"] == pytest.approx(step["model_flops"], rel=1e-2)
   assert "s/step" in out and "MFU" in out
+
+
+def test_bench_cli_dispatches_scale_measurements(capsys):
+  # `--what=loss_memory` is bench_scale's measurement behind the one benchmark command.
+  assert bench.main(["--what=loss_memory", "--loss_batch=64", "--embed_dim=16",
+                     "--loss_chunk_sizes=none,8"]) == 0
+  out = capsys.readouterr().out
+  records = [json.loads(l) for l in out.splitlines() if l.startswith("{")]
+  assert [(r["what"], r["chunk_size"]) for r in records] == [("loss_memory", None),
+                                                              ("loss_memory", 8)]
+  assert all(r["memory"]["temp_size"] > 0 and "date" in r for r in records)
+  assert "temp (peak)" in out
