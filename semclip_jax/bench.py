@@ -221,15 +221,6 @@ def make_batch(config: Any, tokens: np.ndarray, seed: int = 0) -> dict[str, np.n
   return {"image": images, "tokens": tokens}
 
 
-def _memory_analysis(compiled) -> dict[str, int]:
-  analysis = compiled.memory_analysis()
-  if analysis is None:
-    return {}
-  fields = ("argument_size_in_bytes", "output_size_in_bytes", "alias_size_in_bytes",
-            "temp_size_in_bytes")
-  return {f.removesuffix("_in_bytes"): int(getattr(analysis, f, 0)) for f in fields}
-
-
 def _peak_memory_bytes() -> int:
   stats = jax.devices()[0].memory_stats() or {}
   if "peak_bytes_in_use" in stats:  # accelerators: the device allocator's high-water mark
@@ -335,7 +326,7 @@ def step_result(bench: StepBench, times: list[float], metrics: dict[str, float],
       "achieved_flops_per_s": flops["total"] / median,
       "peak_flops_per_s": peak["flops_per_s"], "peak_dtype": peak["dtype"],
       "mfu": flops["total"] / median / peak["flops_per_s"],
-      "compile_s": bench.compile_s, "memory": _memory_analysis(bench.compiled),
+      "compile_s": bench.compile_s, "memory": bench_scale.memory_analysis(bench.compiled),
       "peak_memory_bytes": _peak_memory_bytes(), "loss_value": metrics.get("loss"),
       "devices": jax.device_count(), "backend": jax.default_backend(),
   }
@@ -496,11 +487,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   print(f"# {stamp['machine']}, jax {jax.__version__}, {jax.devices()[0].device_kind}")
   print_table(results)
   bench_scale.print_table(results)
-  lines = [json.dumps({**r, **stamp}) for r in results]
-  print("\n".join(lines))
-  if args.json_out:
-    with open(args.json_out, "a", encoding="utf-8") as f:
-      f.write("\n".join(lines) + "\n")
+  bench_scale.emit_json_lines(results, stamp, args.json_out)
   return 0
 
 

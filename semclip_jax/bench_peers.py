@@ -24,7 +24,6 @@ when a loss check fails.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import time
@@ -37,7 +36,7 @@ import jaxlib
 import numpy as np
 from flax import nnx
 
-from semclip_jax import bench, hf, losses, optim
+from semclip_jax import bench, bench_scale, hf, losses, optim
 from semclip_jax.models.presets import CLIPConfig, get_preset
 from semclip_jax.sharding import path_str
 
@@ -519,11 +518,7 @@ def main(argv: Sequence[str] | None = None) -> int:
           "CPUs, and torch's OpenMP threads slow down far more than XLA's pool when a core is "
           "taken; rerun on an idle machine before quoting the ratio")
   print_table(peak, results)
-  lines = [json.dumps({**r, **stamp}) for r in results]
-  print("\n".join(lines))
-  if args.json_out:
-    with open(args.json_out, "a", encoding="utf-8") as f:
-      f.write("\n".join(lines) + "\n")
+  bench_scale.emit_json_lines(results, stamp, args.json_out)
   failed = [r["towers"] for r in results if r["what"] == "peer_ratio" and not r["loss_match"]]
   if failed:
     print(f"FAILED: first-step losses differ by more than {args.loss_rtol:g} (towers "

@@ -80,6 +80,17 @@ def memory_analysis(compiled: Any) -> dict[str, int]:
   return sizes
 
 
+def emit_json_lines(results: Sequence[dict[str, Any]], stamp: dict[str, Any],
+                    json_out: str | None = None) -> None:
+  """Prints each record as one JSON line with `stamp` (machine, date, versions) merged in, and
+  appends the lines to `json_out` if given: the machine-readable output of every benchmark CLI."""
+  lines = [json.dumps({**r, **stamp}) for r in results]
+  print("\n".join(lines), flush=True)
+  if json_out:
+    with open(json_out, "a", encoding="utf-8") as f:
+      f.write("\n".join(lines) + "\n")
+
+
 def count_collectives(hlo_text: str) -> dict[str, int]:
   """Collective ops in an HLO module's text by kind (`all-reduce-start` counts as all-reduce)."""
   counts = dict.fromkeys(COLLECTIVES, 0)
@@ -477,15 +488,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
   start = time.perf_counter()
   results = measure(args.what, args)
-  stamp = {"date": time.strftime("%Y-%m-%d"), "jax": jax.__version__}
-  lines = [json.dumps({**r, **stamp}) for r in results]
   if not args.json_only:
     print(f"# jax {jax.__version__}; wall {time.perf_counter() - start:.1f} s")
     print_table(results)
-  print("\n".join(lines), flush=True)
-  if args.json_out:
-    with open(args.json_out, "a", encoding="utf-8") as f:
-      f.write("\n".join(lines) + "\n")
+  emit_json_lines(results, {"date": time.strftime("%Y-%m-%d"), "jax": jax.__version__},
+                  args.json_out)
   return 0
 
 
