@@ -20,6 +20,10 @@ def get_config(arg: str | None = None):
   c = base_config()
   c.model.preset = "B/32"  # from scratch; set model.init_from to fine-tune
   c.model.dtype = "bfloat16"
+  # Recompute each block in the backward pass: without it the step needs 64 GiB per device at
+  # 512 images per device (18 GiB at 128), with it 8.3 (4.1) GiB, so it fits 16-32 GiB TPU cores
+  # (BENCHMARKS.md, pod simulation). On 80 GB GPUs, --config.model.remat=none skips the recompute.
+  c.model.remat = "full"
   c.loss.name = "semclip"
   c.loss.chunk_size = 1024  # bound the logits memory of the global-batch contrastive term
   c.optim.learning_rate = 5e-4
