@@ -18,6 +18,8 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import optax
+from flax import nnx
 
 from semclip_jax import checkpointing, hf, objective, optim, sharding, train_step
 from semclip_jax import data as data_lib
@@ -132,15 +134,21 @@ def build_model(config: ml_collections.ConfigDict):
   return set_remat(model, config.model.remat)
 
 
-def build_train_state(config: ml_collections.ConfigDict, mesh):
-  """(graphdef, sharded TrainState, its shardings, optimizer) for a fresh run of `config`."""
+def init_train_state(config: ml_collections.ConfigDict, tx: optax.GradientTransformation
+                     ) -> tuple[nnx.GraphDef, train_step.TrainState]:
+  """(graphdef, TrainState) of a fresh run of `config`, unplaced (traceable by jax.eval_shape)."""
   model = build_model(config)
   if model.config.vision.image_size != config.data.image_size:
     raise ValueError(f"config.data.image_size={config.data.image_size} but the model takes "
                      f"{model.config.vision.image_size}x{model.config.vision.image_size} images")
   trainee = train_step.Trainee(model, objective.Objective(config.loss, model.config.projection_dim))
+  return train_step.create_train_state(trainee, tx, tuple(config.optim.freeze))
+
+
+def build_train_state(config: ml_collections.ConfigDict, mesh):
+  """(graphdef, sharded TrainState, its shardings, optimizer) for a fresh run of `config`."""
   tx = optim.make_optimizer(config.optim, config.total_steps)
-  graphdef, state = train_step.create_train_state(trainee, tx, tuple(config.optim.freeze))
+  graphdef, state = init_train_state(config, tx)
   state, state_shardings = train_step.shard_train_state(state, mesh, tuple(config.mesh.rules))
   return graphdef, state, state_shardings, tx
 
@@ -299,8 +307,6 @@ def _stop_agreed(stop: dict[str, Any], step: int, every: int = 10) -> bool:
 
 
 def nnx_merge(graphdef, state: train_step.TrainState) -> train_step.Trainee:
-  from flax import nnx  # pylint: disable=import-outside-toplevel
-
   return nnx.merge(graphdef, state.params, state.rest)
 
 

@@ -9,6 +9,7 @@ parameters and optimizer state untouched and is counted.
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any, Callable
 
 import jax
@@ -116,14 +117,11 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, *,
             jax.tree.map(lambda m: jnp.mean(m, axis=0), metrics))
 
   def step(state: TrainState, batch: Batch):
-    if mesh is None:
-      return update_step(state, batch)
     # The mesh as context, for the model's activation constraints (`constrain_to_batch`).
-    with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
-      return update_step(state, batch)
-
-  def update_step(state: TrainState, batch: Batch):
-    grads, metrics = gradients(state.params, state.rest, batch)
+    context = (jax.sharding.use_abstract_mesh(mesh.abstract_mesh) if mesh is not None
+               else contextlib.nullcontext())
+    with context:
+      grads, metrics = gradients(state.params, state.rest, batch)
     grad_norm = optax.tree.norm(grads)
     finite = jnp.isfinite(metrics["loss"]) & _all_finite(grads)
 

@@ -17,9 +17,10 @@ from semclip_jax.sharding import constrain_to_batch
 Array = jax.Array
 
 # What the backward pass keeps of each block's forward (`Encoder.remat`): "none" keeps every
-# activation; "full" keeps only the block's input and recomputes the rest (one more forward of
-# each trained block; saved activations O(layers × B × T × D)); "dots" keeps the matmul outputs
-# (not the attention's batched products) and recomputes the elementwise ops between them.
+# activation (no jax.checkpoint at all); "full" keeps only the block's input and recomputes the
+# rest (one more forward of each trained block; saved activations O(layers × B × T × D)); "dots"
+# keeps the matmul outputs (not the attention's batched products) and recomputes the elementwise
+# ops between them.
 REMAT_POLICIES: dict[str, Callable | None] = {
     "none": None,
     "full": jax.checkpoint_policies.nothing_saveable,
@@ -45,6 +46,13 @@ def activation(name: str) -> Callable[[Array], Array]:
   if name not in ACTIVATIONS:
     raise ValueError(f"unsupported hidden_act {name!r}; supported: {sorted(ACTIVATIONS)}")
   return ACTIVATIONS[name]
+
+
+def remat_policy(name: str) -> Callable | None:
+  """The `jax.checkpoint` policy of a `REMAT_POLICIES` name (None for "none": no checkpoint)."""
+  if name not in REMAT_POLICIES:
+    raise ValueError(f"remat policy {name!r} is not one of {list(REMAT_POLICIES)}")
+  return REMAT_POLICIES[name]
 
 
 def layer_norm(dim: int, eps: float, dtype, rngs: nnx.Rngs) -> nnx.LayerNorm:
@@ -129,22 +137,23 @@ class Encoder(nnx.Module):
 
   def __call__(self, x: Array, *, causal: bool = False) -> Array:
     """x: [B, T, D] -> [B, T, D]."""
-    if self.remat not in REMAT_POLICIES:
-      raise ValueError(f"remat={self.remat!r} is not one of {list(REMAT_POLICIES)}")
-    graphdef, first = nnx.split(self.blocks[0])
+    policy = remat_policy(self.remat)
+    scan = self.scan and len(self.blocks) >= 2
 
-    def layer(h, state):
-      return nnx.merge(graphdef, state)(constrain_to_batch(h), causal=causal), None
+    def layer_fn(graphdef: nnx.GraphDef):
+      def layer(h, state):
+        return nnx.merge(graphdef, state)(constrain_to_batch(h), causal=causal), None
+      if self.remat == "none":
+        return layer
+      return jax.checkpoint(layer, policy=policy, prevent_cse=not scan)
 
-    if self.remat != "none":
-      layer = jax.checkpoint(layer, policy=REMAT_POLICIES[self.remat], prevent_cse=not self.scan)
-    if not self.scan or len(self.blocks) < 2:
-      for block in self.blocks:
-        x = layer(x, nnx.split(block)[1])[0]
+    blocks = [nnx.split(block) for block in self.blocks]
+    if not scan:
+      for graphdef, state in blocks:
+        x = layer_fn(graphdef)(x, state)[0]
       return x
-    states = [first] + [nnx.split(block)[1] for block in self.blocks[1:]]
-    stacked = jax.tree.map(lambda *layers: jnp.stack(layers), *states)
-    return jax.lax.scan(layer, x, stacked)[0]
+    stacked = jax.tree.map(lambda *layers: jnp.stack(layers), *(state for _, state in blocks))
+    return jax.lax.scan(layer_fn(blocks[0][0]), x, stacked)[0]
 
 
 def set_remat(module: nnx.Module, policy: str) -> nnx.Module:
@@ -153,8 +162,7 @@ def set_remat(module: nnx.Module, policy: str) -> nnx.Module:
   An execution choice, not architecture: parameters, checkpoints and exports are unchanged.
   Returns `module`.
   """
-  if policy not in REMAT_POLICIES:
-    raise ValueError(f"remat policy {policy!r} is not one of {list(REMAT_POLICIES)}")
+  remat_policy(policy)  # fails on an unknown name before any module is changed
   for _, sub in nnx.iter_modules(module):
     if isinstance(sub, Encoder):
       sub.remat = policy
