@@ -36,14 +36,14 @@ import resource
 import statistics
 import tempfile
 import time
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 
-from semclip_jax import bench_scale, sharding, train, train_step
+from semclip_jax import sharding, train, train_step
 from semclip_jax.data import input_pipeline, sources
 from semclip_jax.data.shapes import ShapesSource
 from semclip_jax.data.tokenizer import CLIPTokenizer
@@ -221,6 +221,37 @@ def make_batch(config: Any, tokens: np.ndarray, seed: int = 0) -> dict[str, np.n
   return {"image": images, "tokens": tokens}
 
 
+MEMORY_FIELDS = ("argument_size_in_bytes", "output_size_in_bytes", "alias_size_in_bytes",
+                 "temp_size_in_bytes")
+
+
+def memory_analysis(compiled: Any) -> dict[str, int]:
+  """XLA's per-device buffer sizes of a compiled program, plus `total`: its peak estimate.
+
+  The generated code is left out (it is host memory on every backend). `total` = arguments +
+  temporaries + outputs − aliased outputs: an output aliased to a donated argument reuses its
+  buffer, so it is counted once.
+  """
+  analysis = compiled.memory_analysis()
+  if analysis is None:
+    return {}
+  sizes = {f.removesuffix("_in_bytes"): int(getattr(analysis, f, 0)) for f in MEMORY_FIELDS}
+  sizes["total"] = (sizes["argument_size"] + sizes["temp_size"] + sizes["output_size"]
+                    - sizes["alias_size"])
+  return sizes
+
+
+def emit_json_lines(results: Sequence[dict[str, Any]], stamp: dict[str, Any],
+                    json_out: str | None = None) -> None:
+  """Prints each record as one JSON line with `stamp` (machine, date, versions) merged in, and
+  appends the lines to `json_out` if given: the machine-readable output of every benchmark CLI."""
+  lines = [json.dumps({**r, **stamp}) for r in results]
+  print("\n".join(lines), flush=True)
+  if json_out:
+    with open(json_out, "a", encoding="utf-8") as f:
+      f.write("\n".join(lines) + "\n")
+
+
 def _peak_memory_bytes() -> int:
   stats = jax.devices()[0].memory_stats() or {}
   if "peak_bytes_in_use" in stats:  # accelerators: the device allocator's high-water mark
@@ -308,25 +339,31 @@ def _freeze_settings(towers: str) -> list[bool]:
   return {"text": [True], "both": [False], "all": [True, False]}[towers]
 
 
+def rate_fields(batch_size: int, times: Sequence[float], flops: dict[str, int],
+                peak: dict[str, Any]) -> dict[str, Any]:
+  """A step record's timing fields: median and min of `times` (s), samples/s, the model FLOPs
+  (`train_step_flops`' parts) and MFU against `peak` (`matmul_peak`)."""
+  median = statistics.median(times)
+  return {"step_s_median": median, "step_s_min": min(times), "steps_timed": len(times),
+          "samples_per_s": batch_size / median, "model_flops": flops["total"],
+          "model_flops_parts": flops, "achieved_flops_per_s": flops["total"] / median,
+          "peak_flops_per_s": peak["flops_per_s"], "peak_dtype": peak["dtype"],
+          "mfu": flops["total"] / median / peak["flops_per_s"]}
+
+
 def step_result(bench: StepBench, times: list[float], metrics: dict[str, float],
                 peak: dict[str, Any], *, freeze_image: bool, captions: str) -> dict[str, Any]:
   config = bench.config
   model_config = get_preset(config.model.preset)
   b, length = config.data.batch_size, bench.tokens.shape[-1]
   flops = train_step_flops(model_config, b, length, freeze_image)
-  median = statistics.median(times)
   return {
       "what": "step", "preset": config.model.preset, "batch_size": b, "dtype": config.model.dtype,
       "towers": "text" if freeze_image else "both", "loss": config.loss.name,
       "remat": config.model.remat,
       "text_length": length, "full_length": bench.full_length, "captions": captions,
-      "step_s_median": median, "step_s_min": min(times), "steps_timed": len(times),
-      "samples_per_s": b / median, "model_flops": flops["total"],
-      "model_flops_parts": flops, "program_matmul_flops": bench.program_flops,
-      "achieved_flops_per_s": flops["total"] / median,
-      "peak_flops_per_s": peak["flops_per_s"], "peak_dtype": peak["dtype"],
-      "mfu": flops["total"] / median / peak["flops_per_s"],
-      "compile_s": bench.compile_s, "memory": bench_scale.memory_analysis(bench.compiled),
+      **rate_fields(b, times, flops, peak), "program_matmul_flops": bench.program_flops,
+      "compile_s": bench.compile_s, "memory": memory_analysis(bench.compiled),
       "peak_memory_bytes": _peak_memory_bytes(), "loss_value": metrics.get("loss"),
       "devices": jax.device_count(), "backend": jax.default_backend(),
   }
@@ -408,7 +445,7 @@ def print_table(results: list[dict[str, Any]]) -> None:
       m = r["memory"]
       print(f"step   {r['preset']} B={r['batch_size']} {r['dtype']} towers={r['towers']} "
             f"L={r['text_length']}/{r['full_length']}"
-            + (f" remat={r['remat']}" if r.get("remat", "none") != "none" else "")
+            + (f" remat={r['remat']}" if r["remat"] != "none" else "")
             + f": {r['step_s_median']:.3f} s/step "
             f"(min {r['step_s_min']:.3f}), {r['samples_per_s']:.2f} samples/s, "
             f"{r['model_flops'] / 1e9:,.1f} GFLOP/step "
@@ -447,6 +484,9 @@ def add_step_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+  # Imported here: bench_scale builds on this module (its configs, memory and JSON helpers).
+  from semclip_jax import bench_scale  # pylint: disable=import-outside-toplevel
+
   parser = argparse.ArgumentParser(prog="python -m semclip_jax.bench", description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--what", choices=["step", "input", "peak", "all", "loss_memory", "pod"],
@@ -487,7 +527,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   print(f"# {stamp['machine']}, jax {jax.__version__}, {jax.devices()[0].device_kind}")
   print_table(results)
   bench_scale.print_table(results)
-  bench_scale.emit_json_lines(results, stamp, args.json_out)
+  emit_json_lines(results, stamp, args.json_out)
   return 0
 
 

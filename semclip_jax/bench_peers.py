@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import time
 from typing import Any, Sequence
 
@@ -36,7 +35,7 @@ import jaxlib
 import numpy as np
 from flax import nnx
 
-from semclip_jax import bench, bench_scale, hf, losses, optim
+from semclip_jax import bench, hf, losses, optim
 from semclip_jax.models.presets import CLIPConfig, get_preset
 from semclip_jax.sharding import path_str
 
@@ -417,15 +416,11 @@ def compare(args: argparse.Namespace, freeze_image: bool, tokens: np.ndarray, ca
   model_config = peer.model_config
   b, length = args.batch_size, peer.text_length
   flops = bench.train_step_flops(model_config, b, length, freeze_image)
-  median = statistics.median(peer_times)
   peer_result = {
       "what": "step", "side": "open_clip", "preset": args.preset, "batch_size": b,
       "dtype": "float32", "towers": towers, "loss": f"{args.loss} (paper_compat)",
       "text_length": length, "full_length": length, "captions": captions,
-      "step_s_median": median, "step_s_min": min(peer_times), "steps_timed": len(peer_times),
-      "samples_per_s": b / median, "model_flops": flops["total"], "model_flops_parts": flops,
-      "achieved_flops_per_s": flops["total"] / median, "peak_flops_per_s": peak["flops_per_s"],
-      "peak_dtype": peak["dtype"], "mfu": flops["total"] / median / peak["flops_per_s"],
+      **bench.rate_fields(b, peer_times, flops, peak),
       "torch_matmul_flops_per_s": peak.get("torch_flops_per_s"), "setup_s": peer.setup_s,
       "loss_value": peer_last["loss"], "first_loss": peer_first["loss"],
       "first_grad_norm": peer_first["grad_norm"], "first_step_s": peer_first_times[0],
@@ -518,7 +513,7 @@ def main(argv: Sequence[str] | None = None) -> int:
           "CPUs, and torch's OpenMP threads slow down far more than XLA's pool when a core is "
           "taken; rerun on an idle machine before quoting the ratio")
   print_table(peak, results)
-  bench_scale.emit_json_lines(results, stamp, args.json_out)
+  bench.emit_json_lines(results, stamp, args.json_out)
   failed = [r["towers"] for r in results if r["what"] == "peer_ratio" and not r["loss_match"]]
   if failed:
     print(f"FAILED: first-step losses differ by more than {args.loss_rtol:g} (towers "

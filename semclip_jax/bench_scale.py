@@ -41,8 +41,7 @@ import jax.numpy as jnp
 import ml_collections
 from flax import nnx
 
-from semclip_jax import objective, optim, sharding, train, train_step
-from semclip_jax.models import get_preset
+from semclip_jax import bench, objective, optim, sharding, train, train_step
 from semclip_jax.models.layers import REMAT_POLICIES
 
 FORCE_DEVICES_FLAG = "--xla_force_host_platform_device_count"
@@ -51,10 +50,7 @@ COLLECTIVES = ("all-reduce", "all-gather", "reduce-scatter", "all-to-all", "coll
 # An HLO instruction of a collective: the op name followed by its operand list. Instruction names
 # (`%all-reduce.3`) are followed by " =" or a delimiter, never "(", and `-done` halves do not match.
 _COLLECTIVE_OP = re.compile(r"(?<![\w.%-])(" + "|".join(COLLECTIVES) + r")(-start)?\(")
-FREEZE_IMAGE = (r"^model\.vision\.",)  # the paper's setting: image tower frozen
 GIB = 2**30
-MEMORY_FIELDS = ("argument_size_in_bytes", "output_size_in_bytes", "alias_size_in_bytes",
-                 "temp_size_in_bytes")
 LOSS_CHUNK_SIZES = (None, 1024, 256)
 POD_MESHES = ((256, 1), (16, 16), (1, 256))
 POD_CHUNK_SIZES = (1024, None)
@@ -64,33 +60,6 @@ POD_TOWERS = ("both", "text")
 # ----------------------------------------------------------------------------------------------
 # Pieces shared by both measurements.
 # ----------------------------------------------------------------------------------------------
-def memory_analysis(compiled: Any) -> dict[str, int]:
-  """XLA's per-device buffer sizes of a compiled program, plus `total`: its peak estimate.
-
-  The generated code is left out (it is host memory on every backend). `total` = arguments +
-  temporaries + outputs − aliased outputs: an output aliased to a donated argument reuses its
-  buffer, so it is counted once.
-  """
-  analysis = compiled.memory_analysis()
-  if analysis is None:
-    return {}
-  sizes = {f.removesuffix("_in_bytes"): int(getattr(analysis, f, 0)) for f in MEMORY_FIELDS}
-  sizes["total"] = (sizes["argument_size"] + sizes["temp_size"] + sizes["output_size"]
-                    - sizes["alias_size"])
-  return sizes
-
-
-def emit_json_lines(results: Sequence[dict[str, Any]], stamp: dict[str, Any],
-                    json_out: str | None = None) -> None:
-  """Prints each record as one JSON line with `stamp` (machine, date, versions) merged in, and
-  appends the lines to `json_out` if given: the machine-readable output of every benchmark CLI."""
-  lines = [json.dumps({**r, **stamp}) for r in results]
-  print("\n".join(lines), flush=True)
-  if json_out:
-    with open(json_out, "a", encoding="utf-8") as f:
-      f.write("\n".join(lines) + "\n")
-
-
 def count_collectives(hlo_text: str) -> dict[str, int]:
   """Collective ops in an HLO module's text by kind (`all-reduce-start` counts as all-reduce)."""
   counts = dict.fromkeys(COLLECTIVES, 0)
@@ -223,7 +192,7 @@ def loss_memory(global_batch: int = 4096, dim: int = 512,
     record = {
         "what": "loss_memory", "loss": "semclip", "global_batch": global_batch,
         "local_batch": local, "dim": dim, "chunk_size": chunk, "devices": mesh.size,
-        "memory": memory_analysis(compiled), "logits_bytes": local * cols * 4,
+        "memory": bench.memory_analysis(compiled), "logits_bytes": local * cols * 4,
         "gathered_columns_bytes": 2 * global_batch * dim * 4, "compile_s": round(compile_s, 2),
         "backend": jax.default_backend(),
     }
@@ -248,12 +217,9 @@ def pod_config(preset: str, global_batch: int, *, data: int, fsdp: int, freeze_i
                remat: str = "none") -> ml_collections.ConfigDict:
   """The trainer's config for the simulated run: the paper's recipe, `preset` from random init,
   bf16 compute (parameters stay float32), the given mesh, loss chunk, accumulation and remat."""
-  config = train.paper_finetuning(train.base_config())
-  config.model.update(preset=preset, init_from="", dtype=dtype, remat=remat)
-  config.loss.update(name="semclip", chunk_size=chunk_size)
-  config.optim.update(freeze=FREEZE_IMAGE if freeze_image else (),
-                      grad_accum_steps=grad_accum_steps)
-  config.data.update(batch_size=global_batch, image_size=get_preset(preset).vision.image_size)
+  config = bench.bench_config(preset, global_batch, freeze_image=freeze_image, dtype=dtype,
+                              chunk_size=chunk_size, remat=remat)
+  config.optim.grad_accum_steps = grad_accum_steps
   config.mesh.update(data=data, fsdp=fsdp)
   return config
 
@@ -262,17 +228,14 @@ def abstract_train_state(config: ml_collections.ConfigDict, mesh: jax.sharding.M
                          ) -> tuple[nnx.GraphDef, Any, Any, Any]:
   """(graphdef, abstract sharded TrainState, its shardings, optimizer) of a fresh run.
 
-  The same construction as `train.build_train_state`, traced by `jax.eval_shape`: the state is
-  ShapeDtypeStructs carrying their NamedShardings, so nothing of the model is allocated.
+  `train.init_train_state` traced by `jax.eval_shape`: the state is ShapeDtypeStructs carrying
+  their NamedShardings, so nothing of the model is allocated.
   """
   tx = optim.make_optimizer(config.optim, config.total_steps)
   graphdefs = []
 
   def build():
-    model = train.build_model(config)
-    trainee = train_step.Trainee(model,
-                                 objective.Objective(config.loss, model.config.projection_dim))
-    graphdef, state = train_step.create_train_state(trainee, tx, tuple(config.optim.freeze))
+    graphdef, state = train.init_train_state(config, tx)
     graphdefs.append(graphdef)  # static: the trace's only non-array output
     return state
 
@@ -358,7 +321,7 @@ def pod_simulation(preset: str = "B/16", global_batch: int = 32768, text_length:
            f"towers={trained} chunk={chunk} accum={accum} remat={remat} {dtype}: lowering and "
            "compiling")
       compiled, facts = compile_train_step(config, mesh, text_length)
-      memory = memory_analysis(compiled)
+      memory = bench.memory_analysis(compiled)
       record = {
           "what": "pod", "preset": preset, "global_batch": global_batch,
           "local_batch": global_batch // mesh.size, "text_length": text_length,
@@ -491,7 +454,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   if not args.json_only:
     print(f"# jax {jax.__version__}; wall {time.perf_counter() - start:.1f} s")
     print_table(results)
-  emit_json_lines(results, {"date": time.strftime("%Y-%m-%d"), "jax": jax.__version__},
+  bench.emit_json_lines(results, {"date": time.strftime("%Y-%m-%d"), "jax": jax.__version__},
                   args.json_out)
   return 0
 
