@@ -4,7 +4,7 @@
 call, loss, backward, AdamW update) after compilation and warm-up: median step time, samples/s,
 model FLOPs per step (counted analytically, see `train_step_flops`), MFU against a matmul peak
 measured in the same run, XLA's own FLOP count, peak memory and compile time. Captions are drawn
-from the SugarCrepe++ CSV (../shared/data) when present and cut to their length bucket exactly as
+from the vendored SugarCrepe++ CSV (`data/vendor/`) and cut to their length bucket exactly as
 the input pipeline does.
 
 `input` measures the input pipeline's records/s, from source to finished batches (decode, crop,
@@ -48,10 +48,9 @@ from semclip_jax.data import input_pipeline, sources
 from semclip_jax.data.shapes import ShapesSource
 from semclip_jax.data.tokenizer import CLIPTokenizer
 from semclip_jax.models.layers import REMAT_POLICIES
-from semclip_jax.models.presets import CLIPConfig, get_preset
+from semclip_jax.models.model_config import CLIPConfig, get_preset
 
-SUGARCREPE_CSV = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data",
-                              "sugarcrepe_pp_paraphrased.csv")
+SUGARCREPE_CSV = sources.SUGARCREPE_PP_CSV  # real captions, vendored with the package
 FREEZE_IMAGE = (r"^model\.vision\.",)  # the paper's setting: image tower frozen
 
 
@@ -478,7 +477,7 @@ def add_step_arguments(parser: argparse.ArgumentParser) -> None:
                       help="caption length buckets, comma separated")
   parser.add_argument("--no_buckets", action="store_true", help="always run all 77 tokens")
   parser.add_argument("--captions", default=None,
-                      help="CSV of triples (default: ../shared/data's SugarCrepe++ CSV if present)")
+                      help="CSV of triples (default: the vendored SugarCrepe++ CSV)")
   parser.add_argument("--warmup", type=int, default=1, help="untimed steps after compilation")
   parser.add_argument("--steps", type=int, default=3, help="timed steps")
 

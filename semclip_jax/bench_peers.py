@@ -36,7 +36,7 @@ import numpy as np
 from flax import nnx
 
 from semclip_jax import bench, hf, losses, optim
-from semclip_jax.models.presets import CLIPConfig, get_preset
+from semclip_jax.models.model_config import CLIPConfig, get_preset
 from semclip_jax.sharding import path_str
 
 try:  # the `bench` extra: absent from the test extra, so this module must import without it

@@ -19,7 +19,7 @@ import ml_collections
 
 from semclip_jax import checkpointing, train
 from semclip_jax.evaluators import EVALUATORS
-from semclip_jax.evaluators.report import write_report
+from semclip_jax.report import write_report
 
 
 def config_for_model(args: argparse.Namespace) -> tuple[ml_collections.ConfigDict, str]:

@@ -20,7 +20,7 @@ from flax import nnx
 
 from semclip_jax.data.transforms import CLIP_MEAN, CLIP_STD
 from semclip_jax.models.clip import CLIP
-from semclip_jax.models.presets import CLIPConfig, TextConfig, VisionConfig
+from semclip_jax.models.model_config import CLIPConfig, TextConfig, VisionConfig
 from semclip_jax.sharding import path_str
 
 CONFIG_FILE = "config.json"

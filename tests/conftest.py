@@ -14,12 +14,12 @@ import pathlib  # pylint: disable=wrong-import-position
 
 import pytest  # pylint: disable=wrong-import-position
 
-SHARED_DATA = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data"
-SUGARCREPE_CSV = SHARED_DATA / "sugarcrepe_pp_paraphrased.csv"
+from semclip_jax.data.sources import SUGARCREPE_PP_CSV  # pylint: disable=wrong-import-position
 
 
 @pytest.fixture(scope="session")
 def sugarcrepe_csv() -> pathlib.Path:
-  if not SUGARCREPE_CSV.is_file():
-    pytest.skip(f"{SUGARCREPE_CSV} not found: the shared data folder is not beside this checkout")
-  return SUGARCREPE_CSV
+  """The vendored SugarCrepe++ triples CSV (shipped with the package, so never skipped)."""
+  path = pathlib.Path(SUGARCREPE_PP_CSV)
+  assert path.is_file(), f"{path} is missing from the package: reinstall or restore it from git"
+  return path

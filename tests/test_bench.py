@@ -6,7 +6,7 @@ import jax
 import pytest
 
 from semclip_jax import bench
-from semclip_jax.models.presets import get_preset
+from semclip_jax.models.model_config import get_preset
 
 
 @pytest.mark.parametrize("freeze_image", [True, False])

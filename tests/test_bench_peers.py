@@ -15,7 +15,7 @@ import pytest
 
 from semclip_jax import bench, bench_peers, hf, losses
 from semclip_jax.models import create_clip
-from semclip_jax.models.presets import get_preset
+from semclip_jax.models.model_config import get_preset
 
 TINY = get_preset("tiny")
 

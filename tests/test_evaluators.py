@@ -12,7 +12,8 @@ from semclip_jax import data as data_lib
 from semclip_jax import evaluate, hf, train
 from semclip_jax.data import input_pipeline
 from semclip_jax.data.shapes import ShapesSource
-from semclip_jax.evaluators import CCNegEvaluator, metrics, report
+from semclip_jax import report
+from semclip_jax.evaluators import CCNegEvaluator, metrics
 from semclip_jax.evaluators.embed import embed_source
 from semclip_jax.models import create_clip, get_preset
 

@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 
-from semclip_jax.data import input_pipeline, sources
+from semclip_jax.data import input_pipeline, sources, transforms
 from semclip_jax.data.tokenizer import CLIPTokenizer
 from semclip_jax.hf import preprocessor_config
 
@@ -98,7 +98,7 @@ def test_eval_transform_equals_transformers_clip_image_processor():
   for shape in [(50, 70, 3), (91, 37, 3), (300, 400, 3)]:
     image = Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8))
     expected = np.asarray(processor(images=[image])["pixel_values"][0]).transpose(1, 2, 0)
-    ours = input_pipeline.normalize(input_pipeline.resize_shortest_and_center_crop(image, 32))
+    ours = transforms.normalize(transforms.resize_shortest_and_center_crop(image, 32))
     np.testing.assert_allclose(ours, expected, rtol=0, atol=1e-6)
 
 

@@ -22,7 +22,7 @@ from PIL import Image
 
 from semclip_jax.data import prepare, sources
 from semclip_jax.data import triples
-from semclip_jax.data.triples import backends, cleaning, generate, pipeline, rules
+from semclip_jax.data.triples import backends, cleaning, files, generate, rules
 from semclip_jax.data.triples.__main__ import main
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -273,7 +273,7 @@ def test_ollama_scripted_answers_cleaned_verified_retried_and_reported(server, t
   generator, verifier = _http_backends("ollama", server.url)
   settings = generate.Settings(concurrency=8)
   start = time.monotonic()
-  summary = pipeline.run(str(tmp_path / "in.csv"), str(out), generator, verifier,
+  summary = files.run(str(tmp_path / "in.csv"), str(out), generator, verifier,
                          settings=settings, log=lambda m: None)
   assert time.monotonic() - start < 15
   rows = {r["caption"]: r for r in _read_csv(out)}
@@ -313,7 +313,7 @@ def test_ollama_scripted_answers_cleaned_verified_retried_and_reported(server, t
   # 13 answered captions, 7 of them regenerated, 8 verified; twice (paraphrase, negation)
   assert len(answered) == 2 * (13 + 7 + 8)
   server.reset()
-  again = pipeline.run(str(tmp_path / "in.csv"), str(out), generator, verifier,
+  again = files.run(str(tmp_path / "in.csv"), str(out), generator, verifier,
                        settings=settings, log=lambda m: None)
   retried = {caption for caption, _ in server.requests}
   assert retried == {c for c, s in SCENARIOS.items() if s in ("slow", "error500", "bad_json")}
@@ -331,7 +331,7 @@ def test_openai_format_with_key_retries_and_fatal_errors(tmp_path):
       for caption in captions:
         f.write(json.dumps({"text": caption, "extra": 1}) + "\n")
     generator, verifier = _http_backends("openai", s.url + "/v1", api_key="secret")
-    pipeline.run(str(tmp_path / "in.jsonl"), str(tmp_path / "out.jsonl"), generator, verifier,
+    files.run(str(tmp_path / "in.jsonl"), str(tmp_path / "out.jsonl"), generator, verifier,
                  caption_column="text", log=lambda m: None)
     rows = [json.loads(line) for line in open(tmp_path / "out.jsonl", encoding="utf-8")]
     assert [r["paraphrased"] for r in rows] == [good(c, "paraphrase") for c in captions]
@@ -437,7 +437,7 @@ def test_rules_backend_on_every_sugarcrepe_caption(sugarcrepe_csv, tmp_path):
     for made in (rules.negate(caption), rules.paraphrase(caption)):
       assert made.strip() and cleaning.normalize(made) != cleaning.normalize(caption), caption
   assert time.monotonic() - start < 5
-  summary = pipeline.run(str(sugarcrepe_csv), str(tmp_path / "out.csv"), rules.RulesBackend(),
+  summary = files.run(str(sugarcrepe_csv), str(tmp_path / "out.csv"), rules.RulesBackend(),
                          log=lambda m: None)
   assert summary["counts"]["negation"].get("failed", 0) == 0
   assert summary["counts"]["paraphrase"].get("failed", 0) == 0
@@ -480,7 +480,7 @@ def test_array_record_in_and_out(tmp_path):
       writer.writerow([f"{i}.jpg", caption or "placeholder", "x", "y"])
   prepare.prepare("csv", [str(tmp_path / "triples.csv")], str(tmp_path / "in"),
                   image_dir=str(tmp_path / "images"), log=lambda m: None)
-  pipeline.run(str(tmp_path / "in"), str(tmp_path / "out"), rules.RulesBackend(),
+  files.run(str(tmp_path / "in"), str(tmp_path / "out"), rules.RulesBackend(),
                log=lambda m: None)
   before, after = sources.ArrayRecordSource(str(tmp_path / "in")), sources.ArrayRecordSource(
       str(tmp_path / "out"))
@@ -489,17 +489,17 @@ def test_array_record_in_and_out(tmp_path):
     assert after[i]["image"] == before[i]["image"] and after[i]["id"] == before[i]["id"]
     assert after[i]["paraphrase"] == rules.paraphrase(before[i]["caption"])
     assert after[i]["negation"] == rules.negate(before[i]["caption"])
-  pipeline.run(str(tmp_path / "in"), str(tmp_path / "out.csv"), rules.RulesBackend(),
+  files.run(str(tmp_path / "in"), str(tmp_path / "out.csv"), rules.RulesBackend(),
                log=lambda m: None)
   assert [r["negation"] for r in _read_csv(tmp_path / "out.csv")] == [
       rules.negate(before[i]["caption"]) for i in range(3)]
   with pytest.raises(ValueError, match="ArrayRecord input"):
-    pipeline.run(str(tmp_path / "out.csv"), str(tmp_path / "shards"), rules.RulesBackend())
+    files.run(str(tmp_path / "out.csv"), str(tmp_path / "shards"), rules.RulesBackend())
 
 
 def test_empty_captions_are_flagged_not_sent(tmp_path):
   _write_csv(tmp_path / "in.csv", ["A dog runs.", "  ", ""])
-  summary = pipeline.run(str(tmp_path / "in.csv"), str(tmp_path / "out.csv"),
+  summary = files.run(str(tmp_path / "in.csv"), str(tmp_path / "out.csv"),
                          rules.RulesBackend(), log=lambda m: None)
   rows = _read_csv(tmp_path / "out.csv")
   assert [r["negation_status"] for r in rows] == ["generated", "failed", "failed"]
@@ -539,7 +539,7 @@ def test_transformers_backend_on_a_tiny_random_model(tmp_path):
   _write_csv(tmp_path / "in.csv", ["A dog runs on the grass.", "Two cats sleep on a red sofa."])
   backend = backends.make_backend("transformers", str(tmp_path / "lm"), device="cpu")
   settings = generate.Settings(max_tokens=6, concurrency=2)
-  summary = pipeline.run(str(tmp_path / "in.csv"), str(tmp_path / "out.csv"), backend,
+  summary = files.run(str(tmp_path / "in.csv"), str(tmp_path / "out.csv"), backend,
                          settings=settings, log=lambda m: None)
   rows = _read_csv(tmp_path / "out.csv")
   for row in rows:
@@ -555,7 +555,7 @@ def test_transformers_backend_on_a_tiny_random_model(tmp_path):
   assert sum(summary["model_calls"].values()) >= 8 and summary["backend_failures"] == 0
   # Answers are cached like a server's: the rerun generates nothing and writes the same file.
   first = (tmp_path / "out.csv").read_bytes()
-  again = pipeline.run(str(tmp_path / "in.csv"), str(tmp_path / "out.csv"), backend,
+  again = files.run(str(tmp_path / "in.csv"), str(tmp_path / "out.csv"), backend,
                        settings=settings, log=lambda m: None)
   assert not again["model_calls"] and (tmp_path / "out.csv").read_bytes() == first
 

@@ -18,7 +18,6 @@ of its records the pipeline raises `BadDataError` naming the first offenders.
 
 from __future__ import annotations
 
-import io
 import logging
 from typing import Any, Iterator
 
@@ -29,7 +28,8 @@ from PIL import Image
 
 from semclip_jax.data.sources import FIELDS
 from semclip_jax.data.tokenizer import CLIPTokenizer
-from semclip_jax.data.transforms import CLIP_MEAN, CLIP_STD
+from semclip_jax.data.transforms import (normalize, random_resized_crop_box,
+                                         resize_shortest_and_center_crop, to_pil)
 
 logger = logging.getLogger(__name__)
 _MAX_NOTES = 5  # offenders remembered per batch, and named in BadDataError
@@ -61,45 +61,6 @@ def default_config() -> ml_collections.ConfigDict:
 # ----------------------------------------------------------------------------------------------
 # Per-record preprocessing (runs in the worker processes).
 # ----------------------------------------------------------------------------------------------
-def _to_pil(image: Any) -> Image.Image:
-  if isinstance(image, np.ndarray):
-    return Image.fromarray(image.astype(np.uint8)).convert("RGB")
-  pil = Image.open(io.BytesIO(image))
-  pil.load()  # decode now: a truncated file raises here, not later
-  return pil.convert("RGB")
-
-
-def resize_shortest_and_center_crop(pil: Image.Image, size: int) -> np.ndarray:
-  """CLIP's eval transform, as CLIPImageProcessor: bicubic resize of the shortest side to `size`
-  (long side int(size·long/short)), then the central size × size crop. uint8 HWC out."""
-  width, height = pil.size
-  short, long = min(width, height), max(width, height)
-  new_long = int(size * long / short)
-  new_w, new_h = (size, new_long) if width <= height else (new_long, size)
-  pixels = np.asarray(pil.resize((new_w, new_h), Image.Resampling.BICUBIC))
-  top, left = (new_h - size) // 2, (new_w - size) // 2
-  return pixels[top:top + size, left:left + size]
-
-
-def random_resized_crop_box(width: int, height: int, rng: np.random.Generator,
-                            scale: tuple[float, float], ratio=(3 / 4, 4 / 3)
-                            ) -> tuple[int, int, int, int]:
-  """Inception-style crop: area fraction in `scale`, log-uniform aspect ratio, clipped to fit."""
-  area = width * height * rng.uniform(*scale)
-  aspect = np.exp(rng.uniform(np.log(ratio[0]), np.log(ratio[1])))
-  w = int(round(min(width, np.sqrt(area * aspect))))
-  h = int(round(min(height, np.sqrt(area / aspect))))
-  left = int(rng.integers(0, width - w + 1))
-  top = int(rng.integers(0, height - h + 1))
-  return left, top, left + max(w, 1), top + max(h, 1)
-
-
-def normalize(pixels: np.ndarray) -> np.ndarray:
-  """uint8 HWC -> float32 with CLIP's mean/std."""
-  return ((pixels.astype(np.float32) / 255.0 - np.asarray(CLIP_MEAN, np.float32))
-          / np.asarray(CLIP_STD, np.float32))
-
-
 def _caption_error(record: dict[str, Any]) -> str | None:
   for field in FIELDS:
     value = record.get(field)
@@ -131,7 +92,7 @@ class Preprocess:
       error = "no image"
     if error is None:
       try:
-        pil = _to_pil(record["image"])
+        pil = to_pil(record["image"])
         if min(pil.size) == 0:
           error = "zero-size image"
       except Exception as e:  # PIL raises many types for broken files; all mean "skip it"

@@ -22,6 +22,10 @@ import numpy as np
 FIELDS = ("caption", "paraphrase", "negation")
 SPLITS = ("train", "val", "test")
 CCNEG_EVAL_ITEMS = 40_000  # CC-Neg's official evaluation split: its last 40,000 items
+# The SugarCrepe++ triples in the paper's CSV layout (4,757 rows, BSD-3, vendor/NOTICE.md): shipped so
+# that tests and benchmarks use real captions on any fresh clone. The COCO images are not shipped.
+SUGARCREPE_PP_CSV = os.path.join(os.path.dirname(os.path.abspath(__file__)), "vendor",
+                                 "sugarcrepe_pp_paraphrased.csv")
 
 # The paper's two CSV layouts: our field -> their column. "image" is the column naming the file.
 LAYOUTS: dict[str, dict[str, str]] = {

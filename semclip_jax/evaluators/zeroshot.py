@@ -29,7 +29,7 @@ import numpy as np
 from flax import nnx
 from PIL import Image
 
-from semclip_jax.data import input_pipeline
+from semclip_jax.data import transforms
 from semclip_jax.data.tokenizer import CLIPTokenizer
 from semclip_jax.evaluators.embed import pad_rows, unit
 from semclip_jax.models.clip import CLIP
@@ -173,8 +173,8 @@ class _EvalImage:
     if pixels.ndim == 3 and pixels.shape[-1] == 1:  # grayscale stored as HW1
       pixels = pixels[..., 0]
     pil = Image.fromarray(pixels.astype(np.uint8)).convert("RGB")
-    cropped = input_pipeline.resize_shortest_and_center_crop(pil, self.image_size)
-    return {"image": input_pipeline.normalize(cropped), "label": np.int64(record[LABEL_KEY])}
+    cropped = transforms.resize_shortest_and_center_crop(pil, self.image_size)
+    return {"image": transforms.normalize(cropped), "label": np.int64(record[LABEL_KEY])}
 
 
 def embed_images(encode_images, source, image_size: int, batch_size: int,

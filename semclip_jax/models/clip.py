@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from semclip_jax.models.presets import CLIPConfig
+from semclip_jax.models.model_config import CLIPConfig
 from semclip_jax.models.text import TextTransformer
 from semclip_jax.models.vit import VisionTransformer
 

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from semclip_jax.models.layers import Encoder, layer_norm, normal_param
-from semclip_jax.models.presets import TextConfig
+from semclip_jax.models.model_config import TextConfig
 
 # transformers' convention: configs written before its PR #24773 carry eos_token_id=2.
 LEGACY_EOS_TOKEN_ID = 2

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from semclip_jax.models.layers import Encoder, layer_norm, normal_param
-from semclip_jax.models.presets import VisionConfig
+from semclip_jax.models.model_config import VisionConfig
 
 
 class VisionTransformer(nnx.Module):

@@ -20,7 +20,7 @@ from semclip_jax.data.triples.cache import Cache
 from semclip_jax.data.triples.cleaning import check, clean, parse_verdict
 from semclip_jax.data.triples.generate import (DEFAULT_PROMPTS, KINDS, FieldResult, Prompt,
                                                Settings, TripleGenerator, load_prompts)
-from semclip_jax.data.triples.pipeline import run
+from semclip_jax.data.triples.files import run
 from semclip_jax.data.triples.rules import RulesBackend, negate, paraphrase
 
 __all__ = ["BACKENDS", "Backend", "BackendError", "Cache", "DEFAULT_PROMPTS", "FatalBackendError",

@@ -23,7 +23,7 @@ import dataclasses
 import json
 import sys
 
-from semclip_jax.data.triples import backends, generate, pipeline
+from semclip_jax.data.triples import backends, files, generate
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = generate.Settings(prompts, args.temperature, args.verify_temperature,
                                  args.max_tokens, args.verify, args.regenerate, args.concurrency,
                                  args.max_length_ratio)
-    summary = pipeline.run(args.input, args.output, generator, verifier, settings=settings,
+    summary = files.run(args.input, args.output, generator, verifier, settings=settings,
                            cache_path=args.cache, caption_column=args.caption_column,
                            columns={"paraphrase": args.paraphrase_column,
                                     "negation": args.negation_column},
