@@ -13,11 +13,11 @@ Launch on a pod slice (see launch/tpu_pod.sh) or a GPU node (launch/gpu_slurm.sh
   python -m semclip_jax.main --config=configs/cc3m.py:runlocal --workdir=/tmp/cc3m_smoke ...
 """
 
-from semclip_jax.train import base_config, shrink_for_cpu
+from semclip_jax import config as config_lib
 
 
 def get_config(arg: str | None = None):
-  c = base_config()
+  c = config_lib.base_config()
   c.model.preset = "B/32"  # from scratch; set model.init_from to fine-tune
   c.model.dtype = "bfloat16"
   # Recompute each block in the backward pass: without it the step needs 64 GiB per device at
@@ -45,8 +45,4 @@ def get_config(arg: str | None = None):
   c.checkpoint.best_metric = "ccneg/accuracy"
   c.evals.ccneg = dict(type="ccneg", every_steps=2000)
   c.evals.retrieval = dict(type="retrieval", every_steps=2000)
-  if arg == "runlocal":
-    shrink_for_cpu(c)
-  elif arg:
-    raise ValueError(f"unknown config argument {arg!r}; use 'runlocal' or nothing")
-  return c
+  return config_lib.apply_argument(c, arg)

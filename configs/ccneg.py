@@ -13,11 +13,11 @@ Split: the release's (the last 40,000 items evaluate, the rest train);
 `--config.data.ccneg_official=False` splits by image with `data.ratios` and `data.split_seed` instead.
 """
 
-from semclip_jax.train import base_config, paper_finetuning, shrink_for_cpu
+from semclip_jax import config as config_lib
 
 
 def get_config(arg: str | None = None):
-  c = paper_finetuning(base_config())
+  c = config_lib.paper_finetuning(config_lib.base_config())
   c.total_steps = 1500  # ~4 epochs of the ~188k training triples
   c.data.layout = "ccneg"
   c.data.ccneg_official = True  # evaluate on the release's last 40,000 items, train on the rest
@@ -28,8 +28,4 @@ def get_config(arg: str | None = None):
   c.checkpoint.best_metric = "ccneg/accuracy"
   c.evals.ccneg = dict(type="ccneg", every_steps=250)
   c.evals.retrieval = dict(type="retrieval", every_steps=250)
-  if arg == "runlocal":
-    shrink_for_cpu(c)
-  elif arg:
-    raise ValueError(f"unknown config argument {arg!r}; use 'runlocal' or nothing")
-  return c
+  return config_lib.apply_argument(c, arg)

@@ -10,11 +10,11 @@ colour/shape combinations, printed as a table. Launch:
 `runlocal` shrinks the run to a smoke test of a few steps.
 """
 
-from semclip_jax.train import base_config, shrink_for_cpu
+from semclip_jax import config as config_lib
 
 
 def get_config(arg: str | None = None):
-  c = base_config()
+  c = config_lib.base_config()
   c.total_steps = 1200
   c.log_every_steps = 25
   c.model.preset = "tiny"  # 2-layer towers, 32x32 images, 32-d embeddings
@@ -32,8 +32,4 @@ def get_config(arg: str | None = None):
   c.checkpoint.every_steps = 400
   c.evals.ccneg = dict(type="ccneg")  # at the end only (no every_steps)
   c.evals.retrieval = dict(type="retrieval")
-  if arg == "runlocal":
-    shrink_for_cpu(c)
-  elif arg:
-    raise ValueError(f"unknown config argument {arg!r}; use 'runlocal' or nothing")
-  return c
+  return config_lib.apply_argument(c, arg)

@@ -9,11 +9,11 @@ split leaks images between train and test). Launch:
   python -m semclip_jax.main --config=configs/sugarcrepe_pp.py:runlocal --workdir=/tmp/scpp_smoke ...
 """
 
-from semclip_jax.train import base_config, paper_finetuning, shrink_for_cpu
+from semclip_jax import config as config_lib
 
 
 def get_config(arg: str | None = None):
-  c = paper_finetuning(base_config())
+  c = config_lib.paper_finetuning(config_lib.base_config())
   c.total_steps = 150  # ~20 epochs of the ~3.8k training triples
   c.data.layout = "sugarcrepe_pp"
   c.data.path = ""  # the SugarCrepe++ CSV (required)
@@ -23,8 +23,4 @@ def get_config(arg: str | None = None):
   c.evals.ccneg = dict(type="ccneg", every_steps=50)  # image-original vs image-negative
   c.evals.retrieval = dict(type="retrieval", every_steps=50)
   c.evals.sugarcrepe_pp = dict(type="sugarcrepe_pp", every_steps=50)  # ITT/TOT per subset
-  if arg == "runlocal":
-    shrink_for_cpu(c)
-  elif arg:
-    raise ValueError(f"unknown config argument {arg!r}; use 'runlocal' or nothing")
-  return c
+  return config_lib.apply_argument(c, arg)

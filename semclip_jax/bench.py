@@ -43,6 +43,7 @@ import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 
+from semclip_jax import config as config_lib
 from semclip_jax import sharding, train, train_step
 from semclip_jax.data import input_pipeline, sources
 from semclip_jax.data.shapes import ShapesSource
@@ -51,7 +52,7 @@ from semclip_jax.models.layers import REMAT_POLICIES
 from semclip_jax.models.model_config import CLIPConfig, get_preset
 
 SUGARCREPE_CSV = sources.SUGARCREPE_PP_CSV  # real captions, vendored with the package
-FREEZE_IMAGE = (r"^model\.vision\.",)  # the paper's setting: image tower frozen
+FREEZE_IMAGE = config_lib.FREEZE_IMAGE_TOWER  # the paper's setting
 
 
 # ----------------------------------------------------------------------------------------------
@@ -205,7 +206,7 @@ def bench_config(preset: str, batch_size: int, *, freeze_image: bool, dtype: str
                  loss: str = "semclip", paper_compat: bool = False,
                  chunk_size: int | None = None, remat: str = "none") -> Any:
   """The trainer's config for a benchmark step: `preset` from random init, AdamW as the paper."""
-  config = train.paper_finetuning(train.base_config())
+  config = config_lib.paper_finetuning(config_lib.base_config())
   config.model.update(preset=preset, init_from="", dtype=dtype, remat=remat)
   config.loss.update(name=loss, paper_compat=paper_compat, chunk_size=chunk_size)
   config.optim.update(freeze=FREEZE_IMAGE if freeze_image else (), grad_accum_steps=1)

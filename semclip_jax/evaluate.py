@@ -18,6 +18,7 @@ from typing import Sequence
 import ml_collections
 
 from semclip_jax import checkpointing, train
+from semclip_jax import config as config_lib
 from semclip_jax.evaluators import EVALUATORS
 from semclip_jax.report import write_report
 
@@ -29,7 +30,7 @@ def config_for_model(args: argparse.Namespace) -> tuple[ml_collections.ConfigDic
     config = ml_collections.ConfigDict(checkpointing.read_config_json(args.model))
     workdir = args.model
   else:
-    config = train.base_config()
+    config = config_lib.base_config()
     config.model.init_from = args.model
     workdir = args.out or "eval_" + os.path.basename(os.path.normpath(args.model))
   if args.tasks:

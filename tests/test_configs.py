@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from semclip_jax import config as config_lib
 from semclip_jax import objective, train
 
 CONFIGS = pathlib.Path(__file__).resolve().parents[1] / "configs"
@@ -28,7 +29,7 @@ def load(name, arg=None):
 def test_config_loads_and_validates(name, arg):
   config = load(name, arg)
   train.validate_config(config, jax.device_count())
-  assert set(train.base_config().keys()) == set(config.keys())
+  assert set(config_lib.base_config().keys()) == set(config.keys())
   if arg == "runlocal":
     assert config.model.preset == "tiny" and not config.model.init_from and config.total_steps <= 20
   with pytest.raises(ValueError, match="unknown config argument"):

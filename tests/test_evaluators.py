@@ -9,10 +9,10 @@ import transformers
 from PIL import Image
 
 from semclip_jax import data as data_lib
-from semclip_jax import evaluate, hf, train
+from semclip_jax import config as config_lib
+from semclip_jax import evaluate, hf, report, train
 from semclip_jax.data import input_pipeline
 from semclip_jax.data.shapes import ShapesSource
-from semclip_jax import report
 from semclip_jax.evaluators import CCNegEvaluator, metrics
 from semclip_jax.evaluators.embed import embed_source
 from semclip_jax.models import create_clip, get_preset
@@ -125,7 +125,7 @@ def test_report_writes_table_and_valid_pngs(tmp_path):
 
 
 def test_training_writes_similarities_for_the_report(tmp_path):
-  config = train.base_config()
+  config = config_lib.base_config()
   config.update(total_steps=2, log_every_steps=1, progress_bar=False, export_hf=False)
   config.data.update(batch_size=8, image_size=32, context_length=32, worker_count=0,
                      shapes_eval_size=16, shapes_render_size=40)
