@@ -47,9 +47,21 @@ def test_paper_settings():
 @pytest.mark.parametrize("loss", objective.LOSS_NAMES)
 def test_every_ablation_is_one_override(loss):
   config = load("shapes")
+  assert config.loss.name == "semclip"
   config.loss.name = loss
   train.validate_config(config, 8)
-  objective.Objective(config.loss, 32)
+  built = objective.Objective(config.loss, 32)
+  assert built.name == loss  # the override reaches the objective, not just the config
+  # Each name's weights are pinned in tests/test_objective.py; here: the family it falls in.
+  assert hasattr(built, "weights") == (loss in objective.SEMCLIP_FAMILY)
+  assert hasattr(built, "logit_bias") == (loss == "siglip")
+
+
+def test_unknown_loss_name_is_refused_before_compiling():
+  config = load("shapes")
+  config.loss.name = "semclipp"
+  with pytest.raises(ValueError, match="config.loss.name='semclipp' is not one of"):
+    train.validate_config(config, 8)
 
 
 def test_ccneg_runlocal_trains_on_a_csv(tmp_path):
