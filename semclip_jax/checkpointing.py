@@ -17,6 +17,8 @@ from typing import Any
 import jax
 import orbax.checkpoint as ocp
 
+from semclip_jax import atomic_io
+
 STATE, DATA = "state", "data"
 
 
@@ -75,11 +77,7 @@ def abstract_like(tree: Any) -> Any:
 
 def write_config(workdir: str, config_json: str) -> None:
   """Saves the run's config as `workdir/config.json` (atomically), beside the checkpoints."""
-  os.makedirs(workdir, exist_ok=True)
-  path = os.path.join(workdir, "config.json")
-  with open(path + ".tmp", "w", encoding="utf-8") as f:
-    f.write(config_json)
-  os.replace(path + ".tmp", path)
+  atomic_io.write_text(os.path.join(workdir, "config.json"), config_json)
 
 
 def read_config_json(workdir: str) -> dict[str, Any]:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import tempfile
 from typing import Any, Callable, Mapping, NamedTuple
 
 import jax.numpy as jnp
@@ -18,6 +17,7 @@ import numpy as np
 import safetensors.numpy
 from flax import nnx
 
+from semclip_jax import atomic_io
 from semclip_jax.data.transforms import CLIP_MEAN, CLIP_STD
 from semclip_jax.models.clip import CLIP
 from semclip_jax.models.model_config import CLIPConfig, TextConfig, VisionConfig
@@ -255,13 +255,6 @@ def preprocessor_config(image_size: int) -> dict[str, Any]:
           "image_mean": list(CLIP_MEAN), "image_std": list(CLIP_STD), "do_convert_rgb": True}
 
 
-def _write_json_atomic(path: str, values: Mapping[str, Any]) -> None:
-  with tempfile.NamedTemporaryFile("w", dir=os.path.dirname(path), delete=False,
-                                   suffix=".tmp", encoding="utf-8") as f:
-    json.dump(values, f, indent=2, sort_keys=True)
-  os.replace(f.name, path)
-
-
 def save_hf_clip(model: CLIP, out_dir: str, tokenizer=None) -> str:
   """Writes a folder that `transformers.CLIPModel` / `CLIPProcessor.from_pretrained` load as is.
 
@@ -271,11 +264,12 @@ def save_hf_clip(model: CLIP, out_dir: str, tokenizer=None) -> str:
   from semclip_jax.data.tokenizer import CLIPTokenizer  # pylint: disable=import-outside-toplevel
 
   os.makedirs(out_dir, exist_ok=True)
-  weights = os.path.join(out_dir, WEIGHTS_FILE)
-  safetensors.numpy.save_file(hf_state_dict(model), weights + ".tmp", metadata={"format": "pt"})
-  os.replace(weights + ".tmp", weights)
-  _write_json_atomic(os.path.join(out_dir, CONFIG_FILE), config_to_hf(model.config))
-  _write_json_atomic(os.path.join(out_dir, PREPROCESSOR_FILE),
-                     preprocessor_config(model.config.vision.image_size))
+  with atomic_io.replacing(os.path.join(out_dir, WEIGHTS_FILE)) as tmp:
+    safetensors.numpy.save_file(hf_state_dict(model), tmp, metadata={"format": "pt"})
+  json_options = dict(indent=2, sort_keys=True)
+  atomic_io.write_json(os.path.join(out_dir, CONFIG_FILE), config_to_hf(model.config),
+                       **json_options)
+  atomic_io.write_json(os.path.join(out_dir, PREPROCESSOR_FILE),
+                       preprocessor_config(model.config.vision.image_size), **json_options)
   (tokenizer or CLIPTokenizer()).save_pretrained(out_dir)
   return out_dir

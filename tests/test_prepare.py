@@ -1,10 +1,12 @@
-"""prepare: each input format to ArrayRecord shards, bad records skipped by reason, exact resume."""
+"""prepare (the command line over `readers` and `shard_writer`): each input format to ArrayRecord
+shards, bad records skipped by reason, exact resume."""
 
 import csv
 import io
 import json
 import os
 import pathlib
+import re
 import signal
 import subprocess
 import sys
@@ -15,7 +17,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from semclip_jax.data import input_pipeline, prepare, sources
+from semclip_jax.data import input_pipeline, prepare, readers, shard_writer, sources
 
 
 def _jpeg(seed, size=(40, 30)):
@@ -142,7 +144,7 @@ def test_webdataset_with_json_and_side_file(tmp_path):
     assert record["negation"] == f"{where} negation {i}"
     assert record["image"] == images[f"{i:09d}"]
   summary = _summary(out)
-  assert summary["skipped"] == {prepare.NO_TRIPLE: {"count": 1, "examples": ["000000005"]}}
+  assert summary["skipped"] == {readers.NO_TRIPLE: {"count": 1, "examples": ["000000005"]}}
   assert (summary["read"], summary["written"], summary["shards"]) == (6, 5, 2)
   (out / "triples-00000.array_record").unlink()  # redone alone; shard 1 is passed over unread
   assert prepare.main(args) == 0
@@ -187,7 +189,7 @@ def test_ccneg_pt(tmp_path, monkeypatch):
     assert record["paraphrase"] == f"grass under a dog {i}"
     assert record["negation"] == f"a dog but no grass {i}"  # commas dropped, as CoN-CLIP does
     assert record["image"] == (folder / f"{i:09d}.jpg").read_bytes()
-  assert _summary(out)["skipped"] == {prepare.NO_PARAPHRASE: {"count": 1, "examples": ["ccneg:4"]}}
+  assert _summary(out)["skipped"] == {readers.NO_PARAPHRASE: {"count": 1, "examples": ["ccneg:4"]}}
   # The image folder itself works too; the official split is the last CCNEG_EVAL_ITEMS items.
   monkeypatch.setattr(sources, "CCNEG_EVAL_ITEMS", 2)
   assert prepare.main([*args, f"--image_dir={folder}", f"--output_dir={tmp_path / 'test'}",
@@ -238,34 +240,35 @@ def test_bad_records_are_skipped_and_counted(tmp_path):
   assert [r["id"] for r in _records(out)] == [ids(i) for i in (0, 1, 3, 5, 7, 9, 11)]
   summary = _summary(out)
   assert summary["skipped"] == {
-      prepare.UNDECODABLE: {"count": 2, "examples": [ids(2), ids(4)]},
-      prepare.NO_IMAGE: {"count": 1, "examples": [ids(6)]},
+      shard_writer.UNDECODABLE: {"count": 2, "examples": [ids(2), ids(4)]},
+      shard_writer.NO_IMAGE: {"count": 1, "examples": [ids(6)]},
       "empty or non-string caption": {"count": 1, "examples": [ids(8)]},
-      prepare.EMPTY_IMAGE: {"count": 1, "examples": [ids(10)]}}
+      shard_writer.EMPTY_IMAGE: {"count": 1, "examples": [ids(10)]}}
   assert (summary["read"], summary["written"]) == (12, 7)
 
 
 def test_decoded_pixels_are_encoded_as_jpeg(tmp_path):
   y, x = np.mgrid[:30, :40]
   pixels = np.stack([6 * x, 8 * y, 3 * (x + y)], axis=-1).astype(np.uint8)  # smooth: JPEG-friendly
-  items = [prepare.Item("a", "c", "p", "n", image=pixels), prepare.Item("b", "c", "p", "n")]
-  summary = prepare.write_shards(lambda wanted: items, str(tmp_path), {"what": "pixels"})
+  items = [shard_writer.Item("a", "c", "p", "n", image=pixels),
+           shard_writer.Item("b", "c", "p", "n")]
+  summary = shard_writer.write_shards(lambda wanted: items, str(tmp_path), {"what": "pixels"})
   (record,) = _records(tmp_path)
   assert record["image"][:2] == b"\xff\xd8"
   assert np.abs(_pixels(record["image"]).astype(int) - pixels).max() <= 8  # JPEG quality 95
-  assert summary["skipped"] == {prepare.NO_IMAGE: {"count": 1, "examples": ["b"]}}
+  assert summary["skipped"] == {shard_writer.NO_IMAGE: {"count": 1, "examples": ["b"]}}
 
 
 _KILLER = """
   import os, signal, sys
-  from semclip_jax.data import prepare
-  encode, calls = prepare._encode, [0]
+  from semclip_jax.data import prepare, shard_writer
+  encode, calls = shard_writer._encode, [0]
   def killing_encode(item):  # dies mid-way through the third shard, like a preempted machine
     calls[0] += 1
     if calls[0] == {kill_at}:
       os.kill(os.getpid(), signal.SIGKILL)
     return encode(item)
-  prepare._encode = killing_encode
+  shard_writer._encode = killing_encode
   sys.exit(prepare.main(sys.argv[1:]))
 """
 
@@ -282,9 +285,9 @@ def test_interrupted_run_resumes_exactly(tmp_path, monkeypatch, capsys):
                                                "--num_workers=1")],
       capture_output=True, check=False, env={**os.environ, "PYTHONPATH": str(repo)})
   assert run.returncode == -signal.SIGKILL, run.stderr.decode()
-  assert sorted(p.name for p in out.iterdir()) == [
-      "progress.json", "triples-00000.array_record", "triples-00001.array_record",
-      "triples-00002.array_record.tmp"]
+  names = sorted(p.name for p in out.iterdir())
+  assert names[:3] == ["progress.json", "triples-00000.array_record", "triples-00001.array_record"]
+  assert len(names) == 4 and re.fullmatch(r"triples-00002\.array_record\.\w+\.tmp", names[3])
   stamp = lambda pattern: {p.name: (p.stat().st_ino, p.stat().st_mtime_ns)
                            for p in out.glob(pattern)}
   before = stamp("*.array_record")
@@ -302,7 +305,8 @@ def test_interrupted_run_resumes_exactly(tmp_path, monkeypatch, capsys):
   assert prepare.main(_csv_args(tmp_path, out, "--records_per_shard=5")) == 0
   assert _records(out) == want
   stamps = stamp("*.array_record")
-  monkeypatch.setattr(prepare, "_encode", lambda item: pytest.fail("a finished run read input"))
+  monkeypatch.setattr(shard_writer, "_encode",
+                      lambda item: pytest.fail("a finished run read input"))
   monkeypatch.setattr(sources, "read_triples", lambda *a, **k: pytest.fail("read input"))
   capsys.readouterr()
   assert prepare.main(_csv_args(tmp_path, out, "--records_per_shard=5")) == 0

@@ -23,7 +23,7 @@ import dataclasses
 import json
 import sys
 
-from semclip_jax.data.triples import backends, files, generate
+from semclip_jax.data.triples import backends, files, generate, protocol
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -78,7 +78,7 @@ def _prompts(path: str | None) -> dict[str, generate.Prompt]:
     return generate.load_prompts(json.load(f))
 
 
-def _backends(args: argparse.Namespace) -> tuple[backends.Backend, backends.Backend]:
+def _backends(args: argparse.Namespace) -> tuple[protocol.Backend, protocol.Backend]:
   retry = backends.RetryPolicy(args.retries, args.backoff, args.max_backoff)
   common = dict(timeout=args.timeout, retry=retry, api_key=args.api_key, device=args.device,
                 dtype=args.dtype)
@@ -105,12 +105,12 @@ def main(argv: list[str] | None = None) -> int:
                                  args.max_tokens, args.verify, args.regenerate, args.concurrency,
                                  args.max_length_ratio)
     summary = files.run(args.input, args.output, generator, verifier, settings=settings,
-                           cache_path=args.cache, caption_column=args.caption_column,
-                           columns={"paraphrase": args.paraphrase_column,
-                                    "negation": args.negation_column},
-                           records_per_shard=args.records_per_shard,
-                           log=lambda m: print(m, flush=True), progress_every=args.progress_every)
-  except backends.FatalBackendError as e:
+                        cache_path=args.cache, caption_column=args.caption_column,
+                        columns={"paraphrase": args.paraphrase_column,
+                                 "negation": args.negation_column},
+                        records_per_shard=args.records_per_shard,
+                        log=lambda m: print(m, flush=True), progress_every=args.progress_every)
+  except protocol.FatalBackendError as e:
     print(f"error: the backend cannot serve requests: {e}", file=sys.stderr)
     return 2
   except (ValueError, OSError) as e:

@@ -1,4 +1,4 @@
-"""Chat-model backends behind one small interface: `complete(request) -> str`.
+"""Chat-model backends behind `protocol.Backend` (`complete(request) -> str`), made by name.
 
 - `ollama`: an ollama server's `/api/chat` (non-streaming), e.g. http://127.0.0.1:11434.
 - `openai`: any OpenAI-compatible `/v1/chat/completions` server (vLLM, llama.cpp's server, TGI,
@@ -28,47 +28,14 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from typing import Any, Callable, Mapping, Protocol, Sequence
+from typing import Any, Callable, Mapping, Sequence
+
+from semclip_jax.data.triples.cache import prompt_key
+from semclip_jax.data.triples.protocol import Backend, BackendError, FatalBackendError, Request
+from semclip_jax.data.triples.rules import RulesBackend
 
 BACKENDS = ("ollama", "openai", "transformers", "rules")
 DEFAULT_URLS = {"ollama": "http://127.0.0.1:11434", "openai": "http://127.0.0.1:8000/v1"}
-
-
-@dataclasses.dataclass(frozen=True)
-class Request:
-  """One chat request. `kind` and `caption` (and `candidate` when verifying) let template
-  backends work without reading the prompt; chat backends read only `messages`."""
-  kind: str  # paraphrase | negation | verify_<kind> | regenerate_<kind>
-  caption: str
-  messages: tuple[Mapping[str, str], ...]
-  temperature: float = 0.0
-  max_tokens: int = 128
-  candidate: str | None = None
-
-  def payload(self) -> dict[str, Any]:
-    """What, besides the model, shapes the answer: the cache's `prompt` key hashes this."""
-    return {"messages": [dict(m) for m in self.messages], "temperature": self.temperature,
-            "max_tokens": self.max_tokens}
-
-
-class Backend(Protocol):
-  model_id: str  # "<backend>:<model>", the cache's `model` key
-  cacheable: bool  # False where an answer costs nothing (rules)
-
-  def complete(self, request: Request) -> str:
-    ...
-
-
-class BackendError(RuntimeError):
-  """This request failed for good. `reason` is a short category for the statistics."""
-
-  def __init__(self, message: str, reason: str):
-    super().__init__(message)
-    self.reason = reason
-
-
-class FatalBackendError(BackendError):
-  """No request can succeed (bad URL, model or key): the run stops."""
 
 
 class _Retryable(Exception):
@@ -245,8 +212,6 @@ class TransformersBackend:
   def complete(self, request: Request) -> str:
     import torch  # pylint: disable=import-outside-toplevel
 
-    from semclip_jax.data.triples.cache import prompt_key  # pylint: disable=import-outside-toplevel
-
     with self._lock:
       if self._loaded is None:
         self._loaded = self._load()
@@ -272,9 +237,10 @@ def make_backend(name: str, model: str = "", *, base_url: str | None = None,
                  timeout: float = 60.0, retry: RetryPolicy = RetryPolicy(),
                  api_key: str | None = None, device: str | None = None, dtype: str = "auto"
                  ) -> Backend:
+  """The backend `name` (one of BACKENDS) serving `model`; the options apply where they mean
+  something (HTTP: base_url, timeout, retry, api_key; transformers: device, dtype)."""
   if name == "rules":
-    from semclip_jax.data.triples import rules  # pylint: disable=import-outside-toplevel
-    return rules.RulesBackend()
+    return RulesBackend()
   if not model:
     raise ValueError(f"the {name} backend needs a model (--model)")
   if name == "ollama":

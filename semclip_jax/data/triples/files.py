@@ -4,12 +4,13 @@ The output format follows the output path: `.csv` or `.jsonl` get every input re
 ArrayRecord input: its id and caption) with the columns `paraphrased` and `negation` (the paper's
 CSV layout; names configurable) and per generated column `<col>_status`, `<col>_verified` and
 `<col>_reason` (see `generate`). Any other path is a folder of ArrayRecord shards written by
-`prepare.write_shards` from ArrayRecord input (the records keep their images; a record whose
+`shard_writer.write_shards` from ArrayRecord input (the records keep their images; a record whose
 paraphrase or negation failed is skipped and counted in its `summary.json`). A CSV of captions
 becomes shards in two steps: this tool to a CSV, then `python -m semclip_jax.data.prepare`.
 
-Files are written under a temporary name, synced and renamed, so a reader sees the old file or
-the new one, whole. Statistics go to `<output>.stats.json` (a folder: `triples_stats.json` in it).
+Files are written with `atomic_io` (a temporary file, synced and renamed), so a reader sees the
+old file or the new one, whole. Statistics go to `<output>.stats.json` (a folder:
+`triples_stats.json` in it).
 """
 
 from __future__ import annotations
@@ -23,11 +24,12 @@ import os
 import time
 from typing import Any, Callable, Mapping, Sequence
 
-from semclip_jax.data import prepare, sources
-from semclip_jax.data.triples.backends import Backend
+from semclip_jax import atomic_io
+from semclip_jax.data import shard_writer, sources
 from semclip_jax.data.triples.cache import Cache
 from semclip_jax.data.triples.generate import (EMPTY_CAPTION, FAILED, KINDS, FieldResult, Settings,
                                                TripleGenerator)
+from semclip_jax.data.triples.protocol import Backend
 
 DEFAULT_COLUMNS = {"paraphrase": "paraphrased", "negation": "negation"}  # the paper's CSV names
 FLAGS = ("status", "verified", "reason")
@@ -95,28 +97,16 @@ def output_rows(table: Table, results: Mapping[str, Mapping[str, FieldResult]],
   return header, rows
 
 
-def write_atomically(path: str, write: Callable[[Any], Any]) -> None:
-  """Calls write(file) on a temporary file, syncs it and renames it to `path`."""
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  tmp = f"{path}.tmp"
-  with open(tmp, "w", newline="", encoding="utf-8") as f:
-    write(f)
-    f.flush()
-    os.fsync(f.fileno())
-  os.replace(tmp, path)
-
-
 def write_table(path: str, header: Sequence[str], rows: Sequence[Mapping[str, Any]]) -> None:
-  if file_format(path) == "csv":
-    def write(f):
+  """`rows` as a CSV (columns `header`) or JSONL file, by `path`'s extension; atomically."""
+  with atomic_io.open_replacing(path, newline="") as f:
+    if file_format(path) == "csv":
       writer = csv.DictWriter(f, fieldnames=list(header), extrasaction="ignore")
       writer.writeheader()
       writer.writerows(rows)
-  else:
-    def write(f):
+    else:
       for row in rows:
         f.write(json.dumps(row, ensure_ascii=False) + "\n")
-  write_atomically(path, write)
 
 
 def _digest(results: Mapping[str, Mapping[str, FieldResult]]) -> str:
@@ -138,11 +128,11 @@ def write_records(table: Table, results: Mapping[str, Mapping[str, FieldResult]]
         continue
       record = table.source[index]
       texts = [_field(results, row["caption"], kind).text or None for kind in KINDS]
-      yield prepare.Item(row["id"], row["caption"], *texts, image=record.get("image"))
+      yield shard_writer.Item(row["id"], row["caption"], *texts, image=record.get("image"))
 
   # The results belong to the settings: a folder holding shards of other answers is refused.
-  return prepare.write_shards(reader, output_dir, {**settings, "results": _digest(results)},
-                              records_per_shard=records_per_shard, log=log)
+  return shard_writer.write_shards(reader, output_dir, {**settings, "results": _digest(results)},
+                                   records_per_shard=records_per_shard, log=log)
 
 
 def default_paths(output: str) -> tuple[str, str]:
@@ -196,7 +186,7 @@ def run(input_path: str, output: str, generator: Backend, verifier: Backend | No
                    "generator": generator.model_id, "verifier": (verifier or generator).model_id}
     summary["shards"] = write_records(table, results, output, settings_id,
                                       records_per_shard=records_per_shard, log=log)
-  write_atomically(stats_path, lambda f: json.dump(summary, f, indent=1, ensure_ascii=False))
+  atomic_io.write_json(stats_path, summary, indent=1, ensure_ascii=False)
   log_summary(summary, log)
   if failures:
     log(f"{failures} fields failed on the backend (see 'failed' above); rerun the same command to "

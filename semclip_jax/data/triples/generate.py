@@ -29,8 +29,8 @@ import time
 from typing import Any, Callable, Iterable, Mapping
 
 from semclip_jax.data.triples import cleaning
-from semclip_jax.data.triples.backends import Backend, BackendError, FatalBackendError, Request
 from semclip_jax.data.triples.cache import Cache, prompt_key
+from semclip_jax.data.triples.protocol import Backend, BackendError, FatalBackendError, Request
 
 KINDS = ("paraphrase", "negation")
 GENERATED, REGENERATED, FAILED = "generated", "regenerated", "failed"

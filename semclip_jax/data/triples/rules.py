@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import re
 
-from semclip_jax.data.triples.backends import Request
+from semclip_jax.data.triples.protocol import Request
 from semclip_jax.data.triples.cleaning import normalize
 
 _AUX = re.compile(r"\b(?:is|are|was|were|am|can|could|will|would|should|must|may|might|"

@@ -1,0 +1,221 @@
+"""The resumable ArrayRecord shard writer: `Item`s in, checked and encoded records out.
+
+Input record i goes to shard `triples-{i // records_per_shard:05d}.array_record` as
+`sources.encode_record(...)`, with the image file's bytes as they are (decoded pixels are encoded
+as JPEG once). Bad records (image missing, empty or undecodable; an empty or non-string caption,
+paraphrase or negation; a reader's own skip reason) are skipped and counted by reason in
+`summary.json`.
+
+A shard is written under a temporary name, renamed when complete and then recorded in
+`progress.json`: rerunning with the same settings redoes only incomplete shards, so an interrupted
+run resumes without duplicates or losses, and a finished one only prints its summary.
+
+Used by `python -m semclip_jax.data.prepare` (with `readers`) and by the triple generation tool
+(`triples.files`), which rewrites shards with new paraphrases and negations.
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import dataclasses
+import glob
+import io
+import itertools
+import json
+import os
+from typing import Any, Callable, Iterable, Iterator, Mapping
+
+import numpy as np
+from PIL import Image
+
+from semclip_jax import atomic_io
+from semclip_jax.data import sources
+
+SHARD_NAME = "triples-{:05d}.array_record"
+SHARD_GLOB = "triples-*.array_record"
+PROGRESS, SUMMARY = "progress.json", "summary.json"
+MAX_EXAMPLES = 20  # example ids kept per skip reason
+
+# Skip reasons found here: a fixed vocabulary, so that counts add up across shards and runs.
+NO_IMAGE = "missing or unreadable image file"
+EMPTY_IMAGE = "zero-size image file"
+UNDECODABLE = "image does not decode"
+
+
+class PrepareError(ValueError):
+  """A structural problem (missing column, unreadable input, mixed settings): the command line
+  exits with code 2."""
+
+
+@dataclasses.dataclass
+class Item:
+  """One input record. `image`: encoded bytes or decoded uint8 HWC pixels, else `image_path` is
+  read; `error`: a skip reason known without the image."""
+  id: str
+  caption: Any
+  paraphrase: Any
+  negation: Any
+  image: bytes | np.ndarray | None = None
+  image_path: str | None = None
+  error: str | None = None
+
+
+# One Item per input record, in a fixed order; None allowed where `wanted(index)` is False, so that
+# a resumed run need not read the images of completed shards.
+Reader = Callable[[Callable[[int], bool]], Iterable["Item | None"]]
+
+
+# ----------------------------------------------------------------------------------------------
+# Checking and encoding one record (in worker threads).
+# ----------------------------------------------------------------------------------------------
+def _image_bytes(item: Item) -> tuple[bytes | None, str | None]:
+  if isinstance(item.image, np.ndarray):  # decoded pixels only: encode once, at high quality
+    out = io.BytesIO()
+    Image.fromarray(item.image).convert("RGB").save(out, format="JPEG", quality=95)
+    return out.getvalue(), None
+  data = item.image
+  if data is None:
+    try:
+      with open(item.image_path or "", "rb") as f:
+        data = f.read()
+    except OSError:
+      return None, NO_IMAGE
+  if not data:
+    return None, EMPTY_IMAGE
+  try:  # load() decodes every pixel: truncated files fail here, not at training time
+    with Image.open(io.BytesIO(data)) as image:
+      image.load()
+  except Exception:  # pylint: disable=broad-except  (PIL raises many types for bad files)
+    return None, UNDECODABLE
+  return data, None
+
+
+def _encode(item: Item) -> tuple[bytes | None, str | None]:
+  """(record, None) or (None, skip reason)."""
+  is_text = lambda value: isinstance(value, str) and bool(value.strip())
+  if not is_text(item.caption):
+    return None, "empty or non-string caption"
+  if item.error is not None:
+    return None, item.error
+  for field in ("paraphrase", "negation"):
+    if not is_text(getattr(item, field)):
+      return None, f"empty or non-string {field}"
+  image, reason = _image_bytes(item)
+  if reason is not None:
+    return None, reason
+  return sources.encode_record(item.id, image, item.caption, item.paraphrase, item.negation), None
+
+
+def _ordered_map(pool: concurrent.futures.Executor, items: Iterable[Item], window: int
+                 ) -> Iterator[tuple[Item, tuple[bytes | None, str | None]]]:
+  """(item, _encode(item)) in input order, with at most `window` items (images) in flight."""
+  pending: collections.deque = collections.deque()
+  for item in items:
+    pending.append((item, pool.submit(_encode, item)))
+    if len(pending) > window:
+      item, future = pending.popleft()
+      yield item, future.result()
+  for item, future in pending:
+    yield item, future.result()
+
+
+# ----------------------------------------------------------------------------------------------
+# Shards, progress and summary.
+# ----------------------------------------------------------------------------------------------
+def _load_progress(output_dir: str, settings: dict) -> dict:
+  path = os.path.join(output_dir, PROGRESS)
+  if not os.path.exists(path):
+    if glob.glob(os.path.join(output_dir, SHARD_GLOB)):
+      raise PrepareError(f"{output_dir} holds shards but no {PROGRESS}: use an empty folder")
+    return {"settings": settings, "shards": {}, "complete": False}
+  with open(path, encoding="utf-8") as f:
+    progress = json.load(f)
+  if progress["settings"] != settings:
+    old = progress["settings"]
+    changed = sorted(k for k in settings.keys() | old.keys() if settings.get(k) != old.get(k))
+    raise PrepareError(f"{output_dir} holds a run with other settings (differing: {changed}); "
+                       "use another output folder")
+  for key in list(progress["shards"]):  # a completed shard deleted since is redone
+    if not os.path.exists(os.path.join(output_dir, SHARD_NAME.format(int(key)))):
+      del progress["shards"][key]
+      progress["complete"] = False
+  return progress
+
+
+def _merge(total: dict, counts: Mapping[str, Any]) -> None:
+  """Adds `counts` ({"read", "written", "skipped": {reason: {"count", "examples"}}}) to `total`."""
+  total["read"] += counts["read"]
+  total["written"] += counts["written"]
+  for reason, entry in counts["skipped"].items():
+    merged = total["skipped"].setdefault(reason, {"count": 0, "examples": []})
+    merged["count"] += entry["count"]
+    merged["examples"] = (merged["examples"] + entry["examples"])[:MAX_EXAMPLES]
+
+
+def _new_counts() -> dict:
+  return {"read": 0, "written": 0, "skipped": {}}
+
+
+def _summarize(progress: dict, output_dir: str, log: Callable[[str], Any]) -> dict:
+  summary = _new_counts()
+  for key in sorted(progress["shards"]):
+    _merge(summary, progress["shards"][key])
+  summary.update(shards=len(progress["shards"]), settings=progress["settings"])
+  atomic_io.write_json(os.path.join(output_dir, SUMMARY), summary, indent=1)
+  log(f"{summary['written']} of {summary['read']} records written to {summary['shards']} shards "
+      f"in {output_dir}; {summary['read'] - summary['written']} skipped")
+  for reason, entry in sorted(summary["skipped"].items(), key=lambda kv: -kv[1]["count"]):
+    log(f"  {entry['count']:>8}  {reason} (e.g. {', '.join(entry['examples'][:3])})")
+  return summary
+
+
+def write_shards(reader: Reader, output_dir: str, settings: Mapping[str, Any], *,
+                 records_per_shard: int = 10_000, num_workers: int | None = None,
+                 writer_options: str = "group_size:1", log: Callable[[str], Any] = print) -> dict:
+  """Writes the records of `reader` as resumable ArrayRecord shards in `output_dir`; returns the
+  summary ({"read", "written", "skipped": {reason: {"count", "examples"}}, "shards", "settings"},
+  also written to `summary.json`).
+
+  `settings` (JSON-able) identify the run: a folder holding progress of other settings is refused
+  with PrepareError.
+  """
+  # pylint: disable-next=import-outside-toplevel
+  from array_record.python.array_record_module import ArrayRecordWriter
+
+  if records_per_shard < 1:
+    raise PrepareError(f"records_per_shard must be positive, got {records_per_shard}")
+  os.makedirs(output_dir, exist_ok=True)
+  settings = json.loads(json.dumps({**settings, "records_per_shard": records_per_shard}))
+  progress = _load_progress(output_dir, settings)
+  progress_path = os.path.join(output_dir, PROGRESS)
+  for target in (SHARD_GLOB, PROGRESS, SUMMARY):  # what an interrupted run left half-written
+    atomic_io.remove_stray_temps(os.path.join(output_dir, target))
+  if progress["complete"]:
+    return _summarize(progress, output_dir, log)
+  done = set(progress["shards"])
+  wanted = lambda index: f"{index // records_per_shard:05d}" not in done
+  workers = num_workers or min(8, os.cpu_count() or 1)
+  by_shard = itertools.groupby(enumerate(reader(wanted)), lambda pair: pair[0] // records_per_shard)
+  with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+    for shard, group in by_shard:
+      if not wanted(shard * records_per_shard):
+        continue  # groupby skips the rest of the group
+      counts = _new_counts()
+      # Only a complete shard carries the final name.
+      with atomic_io.replacing(os.path.join(output_dir, SHARD_NAME.format(shard))) as tmp:
+        writer = ArrayRecordWriter(tmp, writer_options)
+        try:
+          for item, (record, reason) in _ordered_map(pool, (i for _, i in group), 4 * workers):
+            if record is not None:
+              writer.write(record)
+            _merge(counts, {"read": 1, "written": int(record is not None), "skipped": {
+                reason: {"count": 1, "examples": [item.id]}} if reason else {}})
+        finally:
+          writer.close()
+      progress["shards"][f"{shard:05d}"] = counts
+      atomic_io.write_json(progress_path, progress, indent=1)
+      log(f"shard {shard:05d}: {counts['written']} of {counts['read']} records written")
+  progress["complete"] = True
+  atomic_io.write_json(progress_path, progress, indent=1)
+  return _summarize(progress, output_dir, log)
