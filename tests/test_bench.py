@@ -1,58 +1,127 @@
-"""The benchmark harness: the FLOP model against the traced program, and the CLI end to end."""
+"""The benchmark package: the FLOP model against the traced program, the CLI end to end, and its
+imports (no circle between its modules; the runtime never imports it)."""
 
+import ast
 import json
+import pathlib
 
 import jax
 import pytest
 
-from semclip_jax import bench
+from semclip_jax import sharding, train, train_step
+from semclip_jax.bench import flops, step
+from semclip_jax.bench.__main__ import main
 from semclip_jax.models.model_config import get_preset
+
+PACKAGE = pathlib.Path(__file__).resolve().parent.parent / "semclip_jax"
 
 
 @pytest.mark.parametrize("freeze_image", [True, False])
 def test_flop_formula_equals_the_matmuls_of_the_traced_train_step(freeze_image):
   # B/32's shapes (the layer count only scales both sides), so the formula is checked where it
   # is quoted; tracing costs no compute.
-  config = bench.bench_config("B/32", 8, freeze_image=freeze_image)
-  tokens, _ = bench.caption_tokens(8, path="")
+  config = step.bench_config("B/32", 8, freeze_image=freeze_image)
+  tokens, _ = step.caption_tokens(8, path="")
   tokens = tokens[..., :24]
-  mesh = bench.train.make_mesh(config)
-  graphdef, state, shardings, tx = bench.train.build_train_state(config, mesh)
-  batch = bench.sharding.global_batch(bench.make_batch(config, tokens), mesh)
-  step = bench.train_step.make_train_step(graphdef, tx, mesh=mesh, state_shardings=shardings)
-  traced = bench.jaxpr_matmul_flops(jax.make_jaxpr(step)(state, batch))
-  formula = bench.train_step_flops(get_preset("B/32"), 8, 24, freeze_image)
+  mesh = train.make_mesh(config)
+  graphdef, state, shardings, tx = train.build_train_state(config, mesh)
+  batch = sharding.global_batch(step.make_batch(config, tokens), mesh)
+  train_fn = train_step.make_train_step(graphdef, tx, mesh=mesh, state_shardings=shardings)
+  traced = flops.jaxpr_matmul_flops(jax.make_jaxpr(train_fn)(state, batch))
+  formula = flops.train_step_flops(get_preset("B/32"), 8, 24, freeze_image)
   assert traced == pytest.approx(formula["total"], rel=1e-3)
 
 
 def test_transformer_flops_counts_causal_attention_in_full():
   d, m, t = 512, 2048, 24
-  assert bench.transformer_flops(1, d, m, t) == 8 * t * d * d + 4 * t * d * m + 4 * t * t * d
+  assert flops.transformer_flops(1, d, m, t) == 8 * t * d * d + 4 * t * d * m + 4 * t * t * d
+
+
+def _json_lines(out: str) -> list[dict]:
+  return [json.loads(l) for l in out.splitlines() if l.startswith("{")]
 
 
 def test_step_cli_on_tiny_prints_table_json_and_profile(capsys, tmp_path):
-  assert bench.main(["--what=step", "--preset=tiny", "--batch_size=8", "--towers=text",
-                     "--steps=1", "--warmup=0", "--captions=", f"--profile_dir={tmp_path}"]) == 0
+  assert main(["--what=step", "--preset=tiny", "--batch_size=8", "--towers=text", "--steps=1",
+               "--warmup=0", "--captions=", f"--profile_dir={tmp_path}"]) == 0
   out = capsys.readouterr().out
-  lines = [json.loads(l) for l in out.splitlines() if l.startswith("{")]
-  peak, step, *profile = lines
+  peak, record, *profile = _json_lines(out)
   assert profile and all(p["what"] == "profile" and p["seconds"] >= 0 for p in profile)
   assert any("fusion" in p["op"] or "dot" in p["op"] for p in profile)
   assert peak["what"] == "peak" and peak["flops_per_s"] > 0
-  assert step["what"] == "step" and step["towers"] == "text" and step["captions"] == "templated"
-  assert step["samples_per_s"] > 0 and 0 < step["mfu"] < 1.5 and step["compile_s"] > 0
-  assert step["text_length"] < step["full_length"] == 77  # cut to its length bucket
-  assert step["program_matmul_flops"] == pytest.approx(step["model_flops"], rel=1e-2)
+  assert record["what"] == "step" and record["towers"] == "text"
+  assert record["captions"] == "templated"
+  assert record["samples_per_s"] > 0 and 0 < record["mfu"] < 1.5 and record["compile_s"] > 0
+  assert record["text_length"] < record["full_length"] == 77  # cut to its length bucket
+  assert record["program_matmul_flops"] == pytest.approx(record["model_flops"], rel=1e-2)
   assert "s/step" in out and "MFU" in out
 
 
-def test_bench_cli_dispatches_scale_measurements(capsys):
-  # `--what=loss_memory` is bench_scale's measurement behind the one benchmark command.
-  assert bench.main(["--what=loss_memory", "--loss_batch=64", "--embed_dim=16",
-                     "--loss_chunk_sizes=none,8"]) == 0
+def test_all_runs_peak_step_and_input_and_relates_the_input_rate_to_the_step(capsys):
+  assert main(["--preset=tiny", "--batch_size=8", "--towers=text", "--steps=1", "--warmup=0",
+               "--peak_n=256", "--workers=0", "--jpeg_files=8", "--input_batch_size=4",
+               "--batches=2", "--shapes_render_size=32"]) == 0
   out = capsys.readouterr().out
-  records = [json.loads(l) for l in out.splitlines() if l.startswith("{")]
+  records = _json_lines(out)
+  assert [(r["what"], r.get("dataset")) for r in records] == [
+      ("peak", None), ("step", None), ("input", "shapes"), ("input", "jpeg_500x375")]
+  _, record, *inputs = records
+  assert record["captions"] == "sugarcrepe_pp_paraphrased.csv"  # the vendored real captions
+  for r in inputs:
+    assert r["workers"] == 0 and r["image_size"] == 32 and r["records_per_s"] > 0
+    assert r["times_step_rate"] == pytest.approx(r["records_per_s"] / record["samples_per_s"])
+    assert r["machine"] and r["date"] and r["jax"] == jax.__version__
+  table = [l for l in out.splitlines() if not l.startswith("{")]
+  assert [l.split()[0] for l in table] == ["#", "peak", "step", "input", "input"]
+  assert "the step's consumption" in table[-1]
+
+
+def test_bench_cli_dispatches_scale_measurements(capsys):
+  # `--what=loss_memory` is bench.scale's measurement behind the one benchmark command.
+  assert main(["--what=loss_memory", "--loss_batch=64", "--embed_dim=16",
+               "--loss_chunk_sizes=none,8"]) == 0
+  out = capsys.readouterr().out
+  records = _json_lines(out)
   assert [(r["what"], r["chunk_size"]) for r in records] == [("loss_memory", None),
                                                               ("loss_memory", 8)]
   assert all(r["memory"]["temp_size"] > 0 and "date" in r for r in records)
   assert "temp (peak)" in out
+
+
+def _imported_modules(path: pathlib.Path) -> set[str]:
+  """Every module `path` imports, at the top or inside functions (`from a import b` gives a.b:
+  b may be a module)."""
+  names = set()
+  for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+    if isinstance(node, ast.Import):
+      names.update(alias.name for alias in node.names)
+    elif isinstance(node, ast.ImportFrom):
+      assert node.level == 0, f"{path}: relative import"
+      names.add(node.module)
+      names.update(f"{node.module}.{alias.name}" for alias in node.names)
+  return names
+
+
+def test_bench_modules_import_no_circle_and_the_runtime_never_imports_bench():
+  bench = PACKAGE / "bench"
+  graph = {f"semclip_jax.bench.{p.stem}": {m for m in _imported_modules(p)
+                                           if m.startswith("semclip_jax.bench.")}
+           for p in bench.glob("*.py") if p.stem != "__init__"}
+  assert {"semclip_jax.bench.step",
+          "semclip_jax.bench.scale"} <= graph["semclip_jax.bench.__main__"]
+  done: set[str] = set()
+
+  def visit(module: str, path: tuple[str, ...]) -> None:
+    assert module not in path, f"import circle: {' -> '.join(path + (module,))}"
+    if module not in done:
+      for imported in graph.get(module, ()):
+        visit(imported, path + (module,))
+      done.add(module)
+
+  for module in graph:
+    visit(module, ())
+  runtime = [p for p in PACKAGE.rglob("*.py") if bench not in p.parents]
+  assert len(runtime) > 20
+  for path in runtime:
+    assert not {m for m in _imported_modules(path)
+                if m == "semclip_jax.bench" or m.startswith("semclip_jax.bench.")}, path

@@ -1,4 +1,4 @@
-"""bench_peers: open_clip built from our config, loaded with our weights, takes the same step.
+"""bench.peers: open_clip built from our config, loaded with our weights, takes the same step.
 
 The name map and its import error need neither torch nor open_clip; the loss needs torch (in the
 test extra); the rest needs open_clip (the bench extra: run them with
@@ -13,7 +13,8 @@ import re
 import numpy as np
 import pytest
 
-from semclip_jax import bench, bench_peers, hf, losses
+from semclip_jax import hf, losses
+from semclip_jax.bench import flops, peers, step
 from semclip_jax.models import create_clip
 from semclip_jax.models.model_config import get_preset
 
@@ -52,7 +53,7 @@ def openclip_shapes(config) -> dict[str, tuple[int, ...]]:
 # ----------------------------------------------------------------------------------------------
 def test_hf_names_map_onto_every_openclip_parameter_with_its_shape():
   weights = hf.hf_state_dict(create_clip(TINY))
-  arrays = bench_peers.openclip_arrays(weights, TINY)
+  arrays = peers.openclip_arrays(weights, TINY)
   assert {k: v.shape for k, v in arrays.items()} == openclip_shapes(TINY)
   layer = "text_model.encoder.layers.1.self_attn"
   in_proj = arrays["transformer.resblocks.1.attn.in_proj_weight"]
@@ -65,16 +66,16 @@ def test_hf_names_map_onto_every_openclip_parameter_with_its_shape():
 def test_a_missing_or_unused_hf_tensor_is_an_error():
   weights = hf.hf_state_dict(create_clip(TINY))
   with pytest.raises(KeyError, match="missing.*mlp.fc2.bias"):
-    bench_peers.openclip_arrays({k: v for k, v in weights.items()
-                                 if k != "text_model.encoder.layers.0.mlp.fc2.bias"}, TINY)
+    peers.openclip_arrays({k: v for k, v in weights.items()
+                           if k != "text_model.encoder.layers.0.mlp.fc2.bias"}, TINY)
   with pytest.raises(KeyError, match="unused.*extra"):
-    bench_peers.openclip_arrays({**weights, "extra": np.zeros(1)}, TINY)
+    peers.openclip_arrays({**weights, "extra": np.zeros(1)}, TINY)
 
 
 def test_without_open_clip_the_cli_names_the_install_command(monkeypatch):
-  monkeypatch.setattr(bench_peers, "open_clip", None)
+  monkeypatch.setattr(peers, "open_clip", None)
   with pytest.raises(ImportError, match=re.escape("pip install -e '.[bench]'")):
-    bench_peers.main(["--preset=tiny"])
+    peers.main(["--preset=tiny"])
 
 
 @pytest.mark.parametrize("normalize_projections", [True, False])
@@ -87,7 +88,7 @@ def test_the_official_loss_in_torch_equals_ours_with_paper_compat(normalize_proj
   t = math.log(1 / 0.07)
   ours, metrics = losses.semclip_loss(zi, zt, zp, zn, np.float32(t), projection, paper_compat=True,
                                       normalize_projections=normalize_projections)
-  theirs, terms = bench_peers.paper_semclip_loss(
+  theirs, terms = peers.paper_semclip_loss(
       *(torch.from_numpy(z) for z in (zi, zt, zp, zn)), torch.tensor(t, dtype=torch.float32),
       torch.from_numpy(projection), normalize_projections)
   assert float(theirs) == pytest.approx(float(ours), rel=1e-5)
@@ -101,23 +102,23 @@ def test_the_official_loss_in_torch_equals_ours_with_paper_compat(normalize_proj
 def test_openclip_loaded_with_our_weights_embeds_as_ours():
   pytest.importorskip("open_clip")
   model = create_clip(TINY, seed=3)
-  peer = bench_peers.openclip_model(TINY)
+  peer = peers.openclip_model(TINY)
   assert {k: tuple(v.shape) for k, v in peer.state_dict().items()} == openclip_shapes(TINY)
-  bench_peers.load_into_openclip(peer, hf.hf_state_dict(model), TINY)
-  tokens, _ = bench.caption_tokens(4, path="")
+  peers.load_into_openclip(peer, hf.hf_state_dict(model), TINY)
+  tokens, _ = step.caption_tokens(4, path="")
   images = np.random.default_rng(0).standard_normal((4, 32, 32, 3)).astype(np.float32)
-  gaps = bench_peers.embedding_gaps(model, peer, images, tokens.reshape(-1, 77))
+  gaps = peers.embedding_gaps(model, peer, images, tokens.reshape(-1, 77))
   assert gaps["image"] < 1e-4 and gaps["text"] < 1e-4, gaps
 
 
 def test_first_step_and_update_agree_with_ours_when_both_towers_train():
   pytest.importorskip("open_clip")
-  config = bench.bench_config("tiny", 8, freeze_image=False, paper_compat=True)
+  config = step.bench_config("tiny", 8, freeze_image=False, paper_compat=True)
   # A learning rate that moves the weights from the first update (the paper's warms up from 0).
   config.optim.update(learning_rate=1e-3, warmup_steps=0, schedule="constant")
-  tokens, _ = bench.caption_tokens(8, path="")
-  ours = bench.StepBench(config, tokens, buckets=(16, 24, 32, 48, 64, 77))
-  peer = bench_peers.PeerStep(ours, tokens)
+  tokens, _ = step.caption_tokens(8, path="")
+  ours = step.StepBench(config, tokens, buckets=(16, 24, 32, 48, 64, 77))
+  peer = peers.PeerStep(ours, tokens)
   assert not peer.freeze_image and peer.text_length == 77 > ours.tokens.shape[-1]
   before = {k: v.detach().numpy().copy() for k, v in peer.model.state_dict().items()}
 
@@ -126,13 +127,13 @@ def test_first_step_and_update_agree_with_ours_when_both_towers_train():
   assert first["loss"] == pytest.approx(ours_first["loss"], rel=1e-4)
   assert first["grad_norm"] == pytest.approx(ours_first["grad_norm"], rel=1e-3)
   with pytest.raises(ValueError, match="before the StepBench's first step"):
-    bench_peers.PeerStep(ours, tokens)
+    peers.PeerStep(ours, tokens)
 
   _, ours_second = ours.run(1)
   second = peer.step()
   assert second["loss"] == pytest.approx(ours_second["loss"], rel=1e-4)
   assert abs(second["loss"] - first["loss"]) > 1e-3 * abs(first["loss"])  # the update did move
-  after = bench_peers.openclip_arrays(hf.hf_state_dict(ours.trainee().model), TINY)
+  after = peers.openclip_arrays(hf.hf_state_dict(ours.trainee().model), TINY)
   peer_after = {k: v.detach().numpy() for k, v in peer.model.state_dict().items()}
   assert np.abs(after["visual.conv1.weight"] - before["visual.conv1.weight"]).max() > 1e-3
   for name in after:
@@ -147,8 +148,8 @@ def test_first_step_and_update_agree_with_ours_when_both_towers_train():
 
 def test_cli_on_tiny_reports_both_sides_and_the_same_first_loss(capsys):
   pytest.importorskip("open_clip")
-  assert bench_peers.main(["--preset=tiny", "--batch_size=8", "--towers=text", "--steps=1",
-                           "--warmup=0", "--captions=", "--peak_n=256"]) == 0
+  assert peers.main(["--preset=tiny", "--batch_size=8", "--towers=text", "--steps=1",
+                     "--warmup=0", "--captions=", "--peak_n=256"]) == 0
   out = capsys.readouterr().out
   ours, theirs, ratio = [json.loads(l) for l in out.splitlines() if l.startswith("{")]
   assert ours["side"] == "semclip_jax" and theirs["side"] == "open_clip"
@@ -158,7 +159,7 @@ def test_cli_on_tiny_reports_both_sides_and_the_same_first_loss(capsys):
   assert ratio["loss_match"] and ratio["first_loss_rel_diff"] < 1e-4
   assert ratio["ratio_samples_per_s"] == pytest.approx(
       ours["samples_per_s"] / theirs["samples_per_s"])
-  assert theirs["mfu"] > 0 and theirs["model_flops"] == bench.train_step_flops(TINY, 8, 77, True)["total"]
+  assert theirs["mfu"] > 0 and theirs["model_flops"] == flops.train_step_flops(TINY, 8, 77, True)["total"]
   for line in (ours, theirs, ratio):
     assert line["torch_threads"] == os.cpu_count() and line["xla_cpu_threads"] >= 1
     assert line["torch"] and line["open_clip"] and line["jax"] and line["date"]

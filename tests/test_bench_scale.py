@@ -5,7 +5,8 @@ import json
 import jax
 import pytest
 
-from semclip_jax import bench_scale
+from semclip_jax.bench import scale
+from semclip_jax.bench.__main__ import main
 
 HLO = """
 ENTRY %main {
@@ -25,7 +26,7 @@ ENTRY %main {
 
 
 def test_count_collectives_counts_ops_and_async_starts_once_and_not_names():
-  assert bench_scale.count_collectives(HLO) == {
+  assert scale.count_collectives(HLO) == {
       "all-reduce": 3, "all-gather": 2, "reduce-scatter": 1, "all-to-all": 0,
       "collective-permute": 1}
 
@@ -33,8 +34,8 @@ def test_count_collectives_counts_ops_and_async_starts_once_and_not_names():
 def test_loss_memory_cli_chunked_logits_take_less_per_device_memory(capsys):
   # Global batch 256 on the 8 test devices (local 32): the unchunked [32, 256] logits against
   # chunks of [32, 32]; the chunked program computes the same loss with fewer temporaries.
-  assert bench_scale.main(["--what=loss_memory", "--loss_batch=256", "--embed_dim=64",
-                           "--loss_chunk_sizes=none,32", "--execute"]) == 0
+  assert main(["--what=loss_memory", "--loss_batch=256", "--embed_dim=64",
+               "--loss_chunk_sizes=none,32", "--execute"]) == 0
   out = capsys.readouterr().out
   full, chunked = [json.loads(l) for l in out.splitlines() if l.startswith("{")]
   assert (full["chunk_size"], chunked["chunk_size"]) == (None, 32)
@@ -49,8 +50,8 @@ def test_loss_memory_cli_chunked_logits_take_less_per_device_memory(capsys):
 
 
 def test_pod_simulation_compiles_abstract_state_on_dp_and_fsdp_meshes():
-  dp, fsdp = bench_scale.pod_simulation("tiny", 64, 16, meshes=((8, 1), (2, 4)),
-                                        chunk_sizes=(8,), towers=("both",), dtype="float32")
+  dp, fsdp = scale.pod_simulation("tiny", 64, 16, meshes=((8, 1), (2, 4)),
+                                  chunk_sizes=(8,), towers=("both",), dtype="float32")
   for r in (dp, fsdp):
     m = r["memory"]
     assert r["what"] == "pod" and r["local_batch"] == 8 and r["towers"] == "both"
@@ -64,11 +65,11 @@ def test_pod_simulation_compiles_abstract_state_on_dp_and_fsdp_meshes():
   assert gathers(fsdp) > gathers(dp)
   # Parameters and optimizer state are split 4 ways on the FSDP mesh.
   assert fsdp["memory"]["argument_size"] < 0.5 * dp["memory"]["argument_size"]
-  print(bench_scale.format_table([dp, fsdp]))
+  print(scale.format_table([dp, fsdp]))
 
 
 def test_pod_simulation_remat_keeps_fewer_activations():
-  kept, recomputed = bench_scale.pod_simulation(
+  kept, recomputed = scale.pod_simulation(
       "tiny", 256, 16, meshes=((2, 4),), chunk_sizes=(8,), towers=("both",), dtype="float32",
       remats=("none", "full"))
   assert (kept["remat"], recomputed["remat"]) == ("none", "full")
@@ -79,8 +80,8 @@ def test_pod_simulation_remat_keeps_fewer_activations():
 
 @pytest.mark.slow
 def test_pod_simulation_frozen_image_tower_trains_and_stores_less():
-  both, text = bench_scale.pod_simulation("tiny", 16, 16, meshes=((8, 1),), chunk_sizes=(None,),
-                                          towers=("both", "text"), dtype="float32")
+  both, text = scale.pod_simulation("tiny", 16, 16, meshes=((8, 1),), chunk_sizes=(None,),
+                                    towers=("both", "text"), dtype="float32")
   assert text["towers"] == "text" and text["trained_params"] < both["trained_params"]
   assert text["params"] == both["params"]
   # No Adam moments for the frozen tower.
@@ -90,7 +91,7 @@ def test_pod_simulation_frozen_image_tower_trains_and_stores_less():
 @pytest.mark.slow
 def test_loss_memory_reruns_itself_on_forced_devices_when_too_few():
   need = 2 * jax.device_count()
-  (record,) = bench_scale.loss_memory(global_batch=16 * need, dim=8, chunk_sizes=(8,),
-                                      num_devices=need)
+  (record,) = scale.loss_memory(global_batch=16 * need, dim=8, chunk_sizes=(8,),
+                                num_devices=need)
   assert record["devices"] == need and record["local_batch"] == 16
   assert record["memory"]["temp_size"] > 0

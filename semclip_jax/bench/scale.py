@@ -1,6 +1,6 @@
-"""Memory at scale, measured on forced host devices: `python -m semclip_jax.bench_scale`.
+"""Memory at scale, measured on forced host devices: `--what=loss_memory` and `--what=pod`.
 
-`--what=loss_memory` compiles SemCLIP's sharded loss (value and gradient w.r.t. the four
+`loss_memory` compiles SemCLIP's sharded loss (value and gradient w.r.t. the four
 embeddings) exactly as training applies it (`Objective` in `shard_map` over the batch axes) on 8
 devices, once per logits chunk size, and reports XLA's per-device memory analysis: the peak
 temporaries beside the analytic size of one logits block (local batch × columns × 4 bytes, the
@@ -8,7 +8,7 @@ O(local batch × chunk) term the chunking bounds) and of the gathered columns (2
 dim × 4 bytes, a floor that chunking does not change). `--execute` also runs each program once on
 random embeddings, to show the chunk sizes compute the same loss.
 
-`--what=pod` lowers and compiles (never runs) the full train step for a preset (B/16) at pod scale
+`pod` lowers and compiles (never runs) the full train step for a preset (B/16) at pod scale
 (global batch 32,768 on 256 devices) for several ('data', 'fsdp') meshes, from an abstract train
 state (`jax.eval_shape`: no parameter is allocated), and reports per device XLA's memory analysis
 (arguments, temporaries, outputs, aliased donations), whether the total fits a 16 GiB TPU core,
@@ -16,11 +16,11 @@ the collectives XLA inserted (ops of the compiled HLO by kind; an async `-start`
 base kind; a loop body's ops count once, not once per trip) and the lowering and compile times.
 
 Both need more devices than a CPU machine shows: with fewer, the measurement re-runs itself in a
-subprocess with `XLA_FLAGS=--xla_force_host_platform_device_count=N` (the flag must be set before
-jax is imported) and reads its JSON lines back. The figures are the CPU compiler's buffer
+subprocess (`python -m semclip_jax.bench --json_only`) with
+`XLA_FLAGS=--xla_force_host_platform_device_count=N` (the flag must be set before jax is
+imported) and reads its JSON lines back. The figures are the CPU compiler's buffer
 assignment for the per-device (SPMD-partitioned) program: the TPU compiler fuses, schedules and
-pads differently, so they estimate, not reproduce, a TPU's usage. Every measurement prints a table
-and one JSON line.
+pads differently, so they estimate, not reproduce, a TPU's usage.
 """
 
 from __future__ import annotations
@@ -30,7 +30,6 @@ import itertools
 import json
 import os
 import re
-import resource
 import subprocess
 import sys
 import time
@@ -41,16 +40,17 @@ import jax.numpy as jnp
 import ml_collections
 from flax import nnx
 
-from semclip_jax import bench, objective, optim, sharding, train, train_step
+from semclip_jax import objective, optim, sharding, train, train_step
+from semclip_jax.bench import results as results_lib, step
+from semclip_jax.bench.results import GIB
 from semclip_jax.models.layers import REMAT_POLICIES
 
 FORCE_DEVICES_FLAG = "--xla_force_host_platform_device_count"
-_CHILD_ENV = "SEMCLIP_BENCH_SCALE_CHILD"  # set in the re-run: it must not re-run itself again
+_CHILD_ENV = "SEMCLIP_BENCH_FORCED_DEVICES"  # set in the re-run: it must not re-run itself again
 COLLECTIVES = ("all-reduce", "all-gather", "reduce-scatter", "all-to-all", "collective-permute")
 # An HLO instruction of a collective: the op name followed by its operand list. Instruction names
 # (`%all-reduce.3`) are followed by " =" or a delimiter, never "(", and `-done` halves do not match.
 _COLLECTIVE_OP = re.compile(r"(?<![\w.%-])(" + "|".join(COLLECTIVES) + r")(-start)?\(")
-GIB = 2**30
 LOSS_CHUNK_SIZES = (None, 1024, 256)
 POD_MESHES = ((256, 1), (16, 16), (1, 256))
 POD_CHUNK_SIZES = (1024, None)
@@ -68,14 +68,9 @@ def count_collectives(hlo_text: str) -> dict[str, int]:
   return counts
 
 
-def max_rss_bytes() -> int:
-  """This process' peak resident memory so far (the host cost of compiling, on CPU)."""
-  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-
-
 def _log(message: str) -> None:
   # stderr, so a parent reading our stdout for JSON lines still shows progress of long compiles.
-  print(f"[bench_scale {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+  print(f"[bench.scale {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
 def _devices(num_devices: int) -> list[jax.Device]:
@@ -92,16 +87,18 @@ def needs_subprocess(num_devices: int) -> bool:
 
 
 def run_in_subprocess(what: str, num_devices: int, cli_args: Sequence[str]) -> list[dict[str, Any]]:
-  """Runs `python -m semclip_jax.bench_scale --what=... --json_only ...` on `num_devices` forced
-  host devices and returns its JSON lines; its stderr (progress) passes through."""
+  """Runs `python -m semclip_jax.bench --what=... --json_only ...` (this module's measurement
+  behind the benchmark CLI) on `num_devices` forced host devices and returns its JSON lines; its
+  stderr (progress) passes through."""
   env = dict(os.environ)
   flags = re.sub(rf"{FORCE_DEVICES_FLAG}=\S+", "", env.get("XLA_FLAGS", "")).strip()
   env["XLA_FLAGS"] = f"{flags} {FORCE_DEVICES_FLAG}={num_devices}".strip()
   env["JAX_PLATFORMS"] = "cpu"  # the flag forces host devices: a GPU would hide them
   env[_CHILD_ENV] = "1"
-  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  # The checkout holding semclip_jax/bench/scale.py, so the child imports this same code.
+  root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
   env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
-  command = [sys.executable, "-m", "semclip_jax.bench_scale", f"--what={what}", "--json_only",
+  command = [sys.executable, "-m", "semclip_jax.bench", f"--what={what}", "--json_only",
              *cli_args]
   _log(f"{jax.device_count()} device(s) here; re-running on {num_devices} forced host devices: "
        f"XLA_FLAGS={env['XLA_FLAGS']} {' '.join(command[1:])}")
@@ -192,7 +189,7 @@ def loss_memory(global_batch: int = 4096, dim: int = 512,
     record = {
         "what": "loss_memory", "loss": "semclip", "global_batch": global_batch,
         "local_batch": local, "dim": dim, "chunk_size": chunk, "devices": mesh.size,
-        "memory": bench.memory_analysis(compiled), "logits_bytes": local * cols * 4,
+        "memory": results_lib.memory_analysis(compiled), "logits_bytes": local * cols * 4,
         "gathered_columns_bytes": 2 * global_batch * dim * 4, "compile_s": round(compile_s, 2),
         "backend": jax.default_backend(),
     }
@@ -217,7 +214,7 @@ def pod_config(preset: str, global_batch: int, *, data: int, fsdp: int, freeze_i
                remat: str = "none") -> ml_collections.ConfigDict:
   """The trainer's config for the simulated run: the paper's recipe, `preset` from random init,
   bf16 compute (parameters stay float32), the given mesh, loss chunk, accumulation and remat."""
-  config = bench.bench_config(preset, global_batch, freeze_image=freeze_image, dtype=dtype,
+  config = step.bench_config(preset, global_batch, freeze_image=freeze_image, dtype=dtype,
                               chunk_size=chunk_size, remat=remat)
   config.optim.grad_accum_steps = grad_accum_steps
   config.mesh.update(data=data, fsdp=fsdp)
@@ -321,7 +318,7 @@ def pod_simulation(preset: str = "B/16", global_batch: int = 32768, text_length:
            f"towers={trained} chunk={chunk} accum={accum} remat={remat} {dtype}: lowering and "
            "compiling")
       compiled, facts = compile_train_step(config, mesh, text_length)
-      memory = bench.memory_analysis(compiled)
+      memory = results_lib.memory_analysis(compiled)
       record = {
           "what": "pod", "preset": preset, "global_batch": global_batch,
           "local_batch": global_batch // mesh.size, "text_length": text_length,
@@ -331,7 +328,8 @@ def pod_simulation(preset: str = "B/16", global_batch: int = 32768, text_length:
           "total_gib": round(memory.get("total", 0) / GIB, 3), "hbm_gib": hbm_gib,
           "fits": memory.get("total", 0) <= hbm_gib * GIB,
           "collectives": count_collectives(compiled.as_text()),
-          "max_rss_gib": round(max_rss_bytes() / GIB, 2), "backend": jax.default_backend(),
+          "max_rss_gib": round(results_lib.max_rss_bytes() / GIB, 2),
+          "backend": jax.default_backend(),
       }
       _log(f"pod: compiled in {facts['compile_s']} s; {record['total_gib']} GiB per device")
       results.append(record)
@@ -340,10 +338,10 @@ def pod_simulation(preset: str = "B/16", global_batch: int = 32768, text_length:
 
 
 # ----------------------------------------------------------------------------------------------
-# Tables and the command line.
+# Tables and the benchmark CLI's interface.
 # ----------------------------------------------------------------------------------------------
 def _mib(n: int) -> str:
-  return f"{n / 2**20:,.2f}"
+  return f"{n / results_lib.MIB:,.2f}"
 
 
 def format_table(results: Sequence[dict[str, Any]]) -> str:
@@ -400,7 +398,7 @@ def print_table(results: Sequence[dict[str, Any]]) -> None:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-  """This module's flags (names distinct from `semclip_jax.bench`'s, which may add them too)."""
+  """The flags of both measurements (most prefixed by theirs: the CLI holds every mode's flags)."""
   parser.add_argument("--loss_batch", type=int, default=4096, help="loss_memory: global batch")
   parser.add_argument("--embed_dim", type=int, default=512, help="loss_memory: embedding dim")
   parser.add_argument("--loss_chunk_sizes", type=_parse_chunks, default=LOSS_CHUNK_SIZES,
@@ -426,38 +424,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                       help="pod: model.remat policies, comma separated: none, full, dots")
 
 
-def measure(what: str, args: argparse.Namespace) -> list[dict[str, Any]]:
-  """Runs `what` (loss_memory, pod or all) with `add_arguments`' flags."""
-  results = []
-  if what in ("loss_memory", "all"):
-    results += loss_memory(args.loss_batch, args.embed_dim, args.loss_chunk_sizes,
-                           args.loss_devices, execute=args.execute)
-  if what in ("pod", "all"):
-    results += pod_simulation(args.pod_preset, args.pod_batch, args.text_length, args.meshes,
-                              args.pod_chunk_sizes, args.pod_towers, args.pod_dtype, args.hbm_gib,
-                              args.grad_accum, args.pod_remat)
-  return results
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-  parser = argparse.ArgumentParser(prog="python -m semclip_jax.bench_scale", description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("--what", choices=["loss_memory", "pod", "all"], default="all")
-  add_arguments(parser)
-  parser.add_argument("--json_out", default=None, help="also append the JSON lines to this file")
-  parser.add_argument("--json_only", action="store_true",
-                      help="print only the JSON lines (how a re-run on forced devices answers)")
-  args = parser.parse_args(argv)
-
-  start = time.perf_counter()
-  results = measure(args.what, args)
-  if not args.json_only:
-    print(f"# jax {jax.__version__}; wall {time.perf_counter() - start:.1f} s")
-    print_table(results)
-  bench.emit_json_lines(results, {"date": time.strftime("%Y-%m-%d"), "jax": jax.__version__},
-                  args.json_out)
-  return 0
-
-
-if __name__ == "__main__":
-  raise SystemExit(main())
+def measure(args: argparse.Namespace) -> list[dict[str, Any]]:
+  """Runs `args.what` (loss_memory or pod) with `add_arguments`' flags."""
+  if args.what == "loss_memory":
+    return loss_memory(args.loss_batch, args.embed_dim, args.loss_chunk_sizes, args.loss_devices,
+                       execute=args.execute)
+  if args.what == "pod":
+    return pod_simulation(args.pod_preset, args.pod_batch, args.text_length, args.meshes,
+                          args.pod_chunk_sizes, args.pod_towers, args.pod_dtype, args.hbm_gib,
+                          args.grad_accum, args.pod_remat)
+  raise ValueError(f"semclip_jax.bench.scale measures loss_memory or pod, not {args.what!r}")

@@ -1,4 +1,4 @@
-"""Ours against open_clip: `python -m semclip_jax.bench_peers` (needs `pip install -e '.[bench]'`).
+"""Ours against open_clip: `python -m semclip_jax.bench.peers` (needs `pip install -e '.[bench]'`).
 
 Times the same SemCLIP training step in our JAX code and in PyTorch open_clip, in one process,
 back to back: same machine, batch (images and caption triples), float32, and thread count.
@@ -19,6 +19,9 @@ same batch (the loss check), then `--warmup` untimed and `--steps` timed steps o
 first. Prints a table, one JSON line per (side, towers) and one comparison line per towers
 setting with the ratio ours / open_clip of samples/s and the two first-step losses. Exits 1
 when a loss check fails.
+
+The only module of the package that imports torch and open_clip, and it imports without them:
+nothing else needs the `bench` extra.
 """
 
 from __future__ import annotations
@@ -35,7 +38,8 @@ import jaxlib
 import numpy as np
 from flax import nnx
 
-from semclip_jax import bench, hf, losses, optim
+from semclip_jax import hf, losses, optim
+from semclip_jax.bench import flops, peak as peak_lib, results as results_lib, step as step_lib
 from semclip_jax.models.model_config import CLIPConfig, get_preset
 from semclip_jax.sharding import path_str
 
@@ -61,7 +65,7 @@ def require_peers(*, need_open_clip: bool = True) -> None:
   missing = [name for name, module in (("torch", torch), ("open_clip", open_clip))
              if module is None and (name == "torch" or need_open_clip)]
   if missing:
-    raise ImportError(f"semclip_jax.bench_peers needs PyTorch and open_clip (missing: "
+    raise ImportError(f"semclip_jax.bench.peers needs PyTorch and open_clip (missing: "
                       f"{', '.join(missing)}); install them with: {INSTALL_HINT}")
 
 
@@ -223,7 +227,7 @@ def paper_semclip_loss(zi: "torch.Tensor", zt: "torch.Tensor", zp: "torch.Tensor
 # The peer's train step.
 # ----------------------------------------------------------------------------------------------
 class PeerStep:
-  """open_clip + the paper's loss + torch AdamW: the same step as a `bench.StepBench`.
+  """open_clip + the paper's loss + torch AdamW: the same step as a `step.StepBench`.
 
   Built from the StepBench before its first step (its state is donated by each step): our initial
   weights, the objective's temperature and projection, the optimizer settings, which parameters
@@ -231,7 +235,7 @@ class PeerStep:
   full 77 tokens.
   """
 
-  def __init__(self, step_bench: bench.StepBench, tokens: np.ndarray):
+  def __init__(self, step_bench: step_lib.StepBench, tokens: np.ndarray):
     require_peers()
     if int(np.asarray(step_bench.state.step)) != 0:
       raise ValueError("build the PeerStep before the StepBench's first step: the peer starts "
@@ -356,7 +360,8 @@ def embedding_gaps(model, peer: "OpenCLIP", images: np.ndarray, tokens: np.ndarr
 # The comparison.
 # ----------------------------------------------------------------------------------------------
 def torch_matmul_peak(n: int, repeats: int = 5) -> float:
-  """FLOP/s of an n×n×n float32 torch matmul (best of `repeats`), beside XLA's `matmul_peak`."""
+  """FLOP/s of an n×n×n float32 torch matmul (best of `repeats`), beside XLA's
+  `peak.matmul_peak`."""
   generator = torch.Generator().manual_seed(0)
   a, b = (torch.randn(n, n, generator=generator) for _ in range(2))
   a @ b
@@ -391,11 +396,11 @@ def rel_diff(a: float, b: float) -> float:
 def compare(args: argparse.Namespace, freeze_image: bool, tokens: np.ndarray, captions: str,
             peak: dict[str, Any]) -> list[dict[str, Any]]:
   """Both sides on one towers setting: [ours, open_clip, comparison] result dicts."""
-  towers = "text" if freeze_image else "both"
-  config = bench.bench_config(args.preset, args.batch_size, freeze_image=freeze_image,
+  towers = step_lib.towers_name(freeze_image)
+  config = step_lib.bench_config(args.preset, args.batch_size, freeze_image=freeze_image,
                               dtype=args.dtype, loss=args.loss, paper_compat=True,
                               chunk_size=args.chunk_size)
-  ours = bench.StepBench(config, tokens, buckets=() if args.no_buckets else args.buckets)
+  ours = step_lib.StepBench(config, tokens, buckets=() if args.no_buckets else args.buckets)
   peer = PeerStep(ours, tokens)  # before our first step: it reads our initial weights
 
   # The loss check: each side's very first step, on the same weights and batch.
@@ -407,7 +412,7 @@ def compare(args: argparse.Namespace, freeze_image: bool, tokens: np.ndarray, ca
   peer.run(args.warmup)
   peer_times, peer_last, peer_cpu = timed_with_cpu_share(peer.run, args.steps)
 
-  ours_result = bench.step_result(ours, ours_times, ours_last, peak, freeze_image=freeze_image,
+  ours_result = step_lib.step_result(ours, ours_times, ours_last, peak, freeze_image=freeze_image,
                                   captions=captions)
   ours_result.update(side="semclip_jax", first_loss=ours_first["loss"],
                      first_grad_norm=ours_first["grad_norm"], first_step_s=ours_first_times[0],
@@ -415,12 +420,12 @@ def compare(args: argparse.Namespace, freeze_image: bool, tokens: np.ndarray, ca
 
   model_config = peer.model_config
   b, length = args.batch_size, peer.text_length
-  flops = bench.train_step_flops(model_config, b, length, freeze_image)
+  step_flops = flops.train_step_flops(model_config, b, length, freeze_image)
   peer_result = {
       "what": "step", "side": "open_clip", "preset": args.preset, "batch_size": b,
       "dtype": "float32", "towers": towers, "loss": f"{args.loss} (paper_compat)",
       "text_length": length, "full_length": length, "captions": captions,
-      **bench.rate_fields(b, peer_times, flops, peak),
+      **results_lib.rate_fields(b, peer_times, step_flops, peak),
       "torch_matmul_flops_per_s": peak.get("torch_flops_per_s"), "setup_s": peer.setup_s,
       "loss_value": peer_last["loss"], "first_loss": peer_first["loss"],
       "first_grad_norm": peer_first["grad_norm"], "first_step_s": peer_first_times[0],
@@ -473,13 +478,13 @@ def print_table(peak: dict[str, Any], results: list[dict[str, Any]]) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-  parser = argparse.ArgumentParser(prog="python -m semclip_jax.bench_peers", description=__doc__,
+  parser = argparse.ArgumentParser(prog="python -m semclip_jax.bench.peers", description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
-  bench.add_step_arguments(parser)  # --paper_compat is implied: both sides compute the paper's loss
+  # --paper_compat is implied: both sides compute the paper's loss.
+  step_lib.add_step_arguments(parser)
+  peak_lib.add_arguments(parser)
   parser.add_argument("--loss_rtol", type=float, default=1e-4,
                       help="largest relative difference of the first-step losses that passes")
-  parser.add_argument("--peak_n", type=int, default=None,
-                      help="side of the peak-measuring matmul (default: bench.matmul_peak's)")
   parser.add_argument("--json_out", default=None, help="also append the JSON lines to this file")
   args = parser.parse_args(argv)
   load_at_start = os.getloadavg()[0]  # before our own work: what other processes were doing
@@ -492,14 +497,14 @@ def main(argv: Sequence[str] | None = None) -> int:
   # XLA's CPU pool uses every core; give torch's intra-op pool as many.
   torch.set_num_threads(os.cpu_count() or 1)
 
-  peak = bench.matmul_peak("float32", n=args.peak_n)
+  peak = peak_lib.matmul_peak("float32", n=args.peak_n)
   peak["torch_flops_per_s"] = torch_matmul_peak(peak["n"])
-  tokens, captions = bench.caption_tokens(args.batch_size, path=args.captions)
+  tokens, captions = step_lib.caption_tokens(args.batch_size, path=args.captions)
   results = []
-  for freeze_image in bench._freeze_settings(args.towers):  # pylint: disable=protected-access
+  for freeze_image in step_lib.freeze_settings(args.towers):
     results += compare(args, freeze_image, tokens, captions, peak)
 
-  stamp = {"machine": bench.machine(), "date": time.strftime("%Y-%m-%d"), **versions(),
+  stamp = {**results_lib.machine_stamp(), **versions(),
            **thread_counts(), "backend": jax.default_backend(),
            "loadavg_1min_at_start": load_at_start}
   print(f"# {stamp['machine']}; jax {stamp['jax']} ({stamp['backend']}, {stamp['xla_cpu_threads']} "
@@ -513,7 +518,7 @@ def main(argv: Sequence[str] | None = None) -> int:
           "CPUs, and torch's OpenMP threads slow down far more than XLA's pool when a core is "
           "taken; rerun on an idle machine before quoting the ratio")
   print_table(peak, results)
-  bench.emit_json_lines(results, stamp, args.json_out)
+  results_lib.emit_json_lines(results, stamp, args.json_out)
   failed = [r["towers"] for r in results if r["what"] == "peer_ratio" and not r["loss_match"]]
   if failed:
     print(f"FAILED: first-step losses differ by more than {args.loss_rtol:g} (towers "
