@@ -154,7 +154,11 @@ def _noun_phrase(text: str, positive: bool) -> str:
   return ("There are no " if plural else "There is no ") + _lower_first(rest)
 
 
-def _finish(result: str, caption: str) -> str:
+def _finish(result: str, caption: str, fallback_prefix: str | None = None) -> str:
+  """`result` in the caption's case; with `fallback_prefix`, a result that normalises to the
+  caption itself is replaced by the prefix + the caption, so a rule never returns its input."""
+  if fallback_prefix is not None and normalize(result) == normalize(caption):
+    result = fallback_prefix + _lower_first(caption.strip())
   return result.upper() if caption.isupper() else result
 
 
@@ -175,9 +179,7 @@ def negate(caption: str) -> str:
     result = f"{text[:verb.start()]}{auxiliary} not {base}{text[verb.end():]}"
   else:
     result = _noun_phrase(text, positive=False)
-  if normalize(result) == normalize(caption):
-    result = "It is not true that " + _lower_first(text)
-  return _finish(result, caption)
+  return _finish(result, caption, fallback_prefix="It is not true that ")
 
 
 def _swap_synonyms(text: str) -> str:
@@ -207,9 +209,7 @@ def paraphrase(caption: str) -> str:
       result = "In this picture, " + _lower_first(text)
   else:
     result = _noun_phrase(text, positive=True)
-  if normalize(result) == normalize(caption):
-    result = "In this picture, " + _lower_first(text)
-  return _finish(result, caption)
+  return _finish(result, caption, fallback_prefix="In this picture, ")
 
 
 def _verdict(request: Request) -> str:
