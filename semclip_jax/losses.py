@@ -21,23 +21,19 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from semclip_jax.models.clip import NORM_EPS, l2_normalize
+
 Array = jax.Array
 AxisName = str | Sequence[str] | None
 Metrics = dict[str, Array]
 
 MAX_LOGIT_SCALE = math.log(100.0)  # CLIP clamps exp(logit_scale) at 100
-NORM_EPS = 1e-6  # as the official SemCLIP code's F.normalize(eps=1e-6)
 _MASKED = float(np.finfo(np.float32).min)  # a finite -inf: keeps exp/max gradients NaN-free
 
 
 # ----------------------------------------------------------------------------------------------
 # Small pieces.
 # ----------------------------------------------------------------------------------------------
-def l2_normalize(x: Array, eps: float = NORM_EPS) -> Array:
-  """x / max(|x|, eps) along the last axis (torch's F.normalize)."""
-  return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), eps)
-
-
 def clip_scale(logit_scale: Array) -> Array:
   """exp(logit_scale) clamped at 100 (CLIP's convention)."""
   return jnp.exp(jnp.minimum(logit_scale, MAX_LOGIT_SCALE))

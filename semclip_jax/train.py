@@ -24,7 +24,7 @@ from flax import nnx
 from semclip_jax import checkpointing, hf, objective, optim, sharding, train_step
 from semclip_jax import data as data_lib
 from semclip_jax.data import input_pipeline
-from semclip_jax.evaluators import EVALUATORS, make_evaluator
+from semclip_jax.evaluators import EVALUATORS, Encoder, EvalRound, make_evaluator
 from semclip_jax.metrics_writer import MetricsWriter, results_table
 from semclip_jax.models import create_clip, get_preset
 from semclip_jax.models.layers import REMAT_POLICIES, set_remat
@@ -140,8 +140,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   def current_model():
     return nnx_merge(graphdef, state).model
 
+  # Jitted once for the run; each round passes the current (params, rest) straight in.
+  encoder = Encoder(graphdef, current_model().config, model_of=lambda trainee: trainee.model)
+
   def run_evals(step: int, names) -> dict[str, float]:
-    results = evaluate_model({n: evaluators[n][1] for n in names}, current_model(), mesh, workdir)
+    round_ = EvalRound(encoder, (state.params, state.rest), mesh)
+    results = evaluate_model({n: evaluators[n][1] for n in names}, round_, workdir)
     if results:
       writer.write(step, results)
     return results
@@ -212,12 +216,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     checkpointer.close()
 
 
-def evaluate_model(evaluators: dict[str, Any], model, mesh, workdir: str) -> dict[str, float]:
-  """Runs evaluators on `model`: {"<name>/<metric>": value}. Per-item similarities an evaluator
-  keeps (ccneg) are saved as workdir/similarities_<name>.npz for the report's histograms."""
+def evaluate_model(evaluators: dict[str, Any], round_: EvalRound, workdir: str
+                   ) -> dict[str, float]:
+  """Runs evaluators in one round (parameters bound to the run's encoder): {"<name>/<metric>":
+  value}; evaluators reading the same data share the round's one pass over it. Per-item
+  similarities an evaluator keeps (ccneg) are saved as workdir/similarities_<name>.npz for the
+  report's histograms."""
   results = {}
   for name, evaluator in evaluators.items():
-    for key, value in evaluator.run(model, mesh):
+    for key, value in evaluator.evaluate(round_):
       results[f"{name}/{key}"] = float(value)
     similarities = getattr(evaluator, "similarities", None)
     if similarities and jax.process_index() == 0:
@@ -291,7 +298,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float
   model, step = restore_model(config, workdir, mesh)
   data = _eval_data_config(config, model.config.vision.image_size)
   evaluators = {name: make_evaluator(c, data) for name, c in config.evals.items()}
-  results = evaluate_model(evaluators, model, mesh, workdir)
+  results = evaluate_model(evaluators, EvalRound.of_model(model, mesh), workdir)
   if jax.process_index() == 0:
     write_results(workdir, step, results, f"evaluation of step {step}")
   return results

@@ -11,10 +11,11 @@ from PIL import Image
 from semclip_jax import data as data_lib
 from semclip_jax import config as config_lib
 from semclip_jax import evaluate, hf, report, train
+from semclip_jax.bench import evaluation
 from semclip_jax.data import input_pipeline
 from semclip_jax.data.shapes import ShapesSource
 from semclip_jax.evaluators import CCNegEvaluator, metrics
-from semclip_jax.evaluators.embed import embed_source
+from semclip_jax.evaluators.embed import EvalRound
 from semclip_jax.models import create_clip, get_preset
 
 
@@ -62,7 +63,7 @@ def _data_config(batch_size=16):
 
 def test_last_partial_batch_is_counted_once():
   source = ShapesSource(split="eval", size=37, image_size=40)
-  z = embed_source(create_clip(get_preset("tiny")), source, _data_config(16))
+  z = EvalRound.of_model(create_clip(get_preset("tiny"))).triples(source, _data_config(16))
   assert len(z["ids"]) == len(set(z["ids"])) == 37 and z["image"].shape == (37, 32)
   np.testing.assert_allclose(np.linalg.norm(z["negation"], axis=-1), 1.0, atol=1e-5)
 
@@ -134,3 +135,14 @@ def test_training_writes_similarities_for_the_report(tmp_path):
   train.train_and_evaluate(config, str(tmp_path))
   cosines = np.load(tmp_path / "similarities_ccneg.npz")
   assert set(cosines.files) == set(report.KINDS) and cosines["negation"].shape == (16,)
+
+
+def test_eval_benchmark_two_rounds_one_pass_each_no_recompile(capsys):
+  records = evaluation.measure(evaluation.make_parser().parse_args(
+      ["--eval_split=all", "--eval_max_rows=40", "--eval_batch_size=16"]))
+  assert [r["round"] for r in records] == [1, 2]
+  assert all(r["what"] == "eval" and r["items"] == 40 and r["items_scored"] == 120
+             and r["passes"] == 1 for r in records)
+  assert records[0]["compilations"] >= 2 and records[1]["compilations"] == 0
+  evaluation.print_table(records + [{"what": "step"}])  # other modes' records are skipped
+  assert capsys.readouterr().out.count("eval   round") == 2

@@ -2,15 +2,12 @@
 computes against the float64 references of tests/loss_references.py."""
 
 import math
-import warnings
-
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
 
-from semclip_jax import objective, sharding
+from semclip_jax import objective
 
 from loss_references import np_negclip, np_semclip, np_siglip
 
@@ -120,16 +117,3 @@ def test_learnable_projection_is_a_parameter_and_k1_warns():
 def test_unknown_loss_name_is_refused():
   with pytest.raises(ValueError, match="unknown loss 'semclipp'"):
     _objective("semclipp")
-
-
-@pytest.mark.parametrize("name", ["semclip_image_margin", "siglip"])
-def test_sharded_over_a_mesh_equals_whole(name):
-  zi, zt, zp, zn = _embeddings(5)
-  obj = _objective(name)
-  whole, _ = obj(zi, zt, zp, zn, jnp.float32(LOG_SCALE))
-  mesh = sharding.make_mesh(-1, 1)
-  with warnings.catch_warnings():
-    warnings.simplefilter("ignore")
-    arrays = [jax.device_put(z, sharding.batch_sharding(mesh)) for z in (zi, zt, zp, zn)]
-  sharded, _ = obj(*arrays, jnp.float32(LOG_SCALE), mesh=mesh)
-  np.testing.assert_allclose(float(sharded), float(whole), rtol=1e-5)

@@ -4,16 +4,23 @@ from __future__ import annotations
 
 import csv
 import json
+import pathlib
 import random
+import sys
 
 import numpy as np
 import pytest
+from flax import nnx
 from PIL import Image
 
+from semclip_jax import data as data_lib
+from semclip_jax import train
 from semclip_jax.data import input_pipeline, sources
-from semclip_jax.evaluators import sugarcrepe_pp
+from semclip_jax.evaluators import CCNegEvaluator, make_evaluator, sugarcrepe_pp
+from semclip_jax.evaluators.embed import Encoder, EvalRound, count_compilations
 from semclip_jax.evaluators.sugarcrepe_pp import SugarCrepePPEvaluator
 from semclip_jax.models import create_clip, get_preset
+from semclip_jax.sharding import make_mesh
 
 METRICS = ("itt", "tot", "img_p1_vs_neg", "img_p2_vs_neg", "items")
 OFFICIAL_COUNTS = {"swap_obj": 245, "swap_att": 666, "replace_obj": 1652, "replace_att": 788,
@@ -209,3 +216,82 @@ def test_split_keeps_subset_labels_of_held_out_images(sugarcrepe_csv, tmp_path):
   assert [t.id for t in evaluator.source.triples] == [t.id for t in test]
   labels = dict(zip((t.id for t in triples), sugarcrepe_pp.csv_subsets(triples)))
   assert evaluator.subsets == [labels[t.id] for t in test]
+
+
+# ----------------------------------------------------------------------------------------------
+# The sugarcrepe_pp config's three evaluators in one round: one pass, towers compiled once.
+# ----------------------------------------------------------------------------------------------
+def _scpp_config_evaluators(csv_path, image_dir):
+  """The evaluators `configs/sugarcrepe_pp.py` declares, on `csv_path`, as the trainer builds them."""
+  sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "configs"))
+  try:
+    import sugarcrepe_pp as scpp_config  # pylint: disable=import-outside-toplevel
+  finally:
+    sys.path.pop(0)
+  config = scpp_config.get_config()
+  config.data.update(path=str(csv_path), image_dir=str(image_dir), batch_size=8, image_size=32,
+                     context_length=32)
+  data = train._eval_data_config(config)  # pylint: disable=protected-access
+  return {name: make_evaluator(c, data) for name, c in config.evals.items()}, data
+
+
+def test_two_rounds_embed_the_split_once_and_compile_each_tower_once_per_shape(
+    sugarcrepe_csv, tmp_path, monkeypatch):
+  with open(sugarcrepe_csv, newline="", encoding="utf-8") as f:
+    rows = list(csv.DictReader(f))[:300]
+  small = tmp_path / "scpp.csv"
+  with open(small, "w", newline="", encoding="utf-8") as f:
+    writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+  images = _write_images(tmp_path / "images", [r["filename"] for r in rows])
+  evaluators, data = _scpp_config_evaluators(small, images)
+  assert sorted(evaluators) == ["ccneg", "retrieval", "sugarcrepe_pp"]
+  mesh = make_mesh()
+  # The token lengths the split's batches are cut to: one text-tower shape each.
+  source = data_lib.make_source(data, split=data.eval_split)
+  lengths = {b["tokens"].shape[-1] for b in input_pipeline.make_pipeline(
+      source, data, train=False, process_index=0, process_count=1)}
+  models = [create_clip(get_preset("tiny"), seed=seed) for seed in (0, 1)]
+  expected = [{f"{name}/{k}": v for name, e in evaluators.items() for k, v in e.run(m, mesh)}
+              for m in models]  # each evaluator alone, compiling for itself
+
+  passes = []
+  make_pipeline = input_pipeline.make_pipeline
+  monkeypatch.setattr(input_pipeline, "make_pipeline",
+                      lambda *a, **k: passes.append(a[0]) or make_pipeline(*a, **k))
+  encoder = Encoder.of(models[0])[0]  # once per run; each round passes its parameters in
+  for round_index, model in enumerate(models):
+    passes.clear()
+    with count_compilations() as compiled:
+      round_ = EvalRound(encoder, nnx.split(model)[1:], mesh)
+      results = train.evaluate_model(evaluators, round_, str(tmp_path / "work"))
+    assert len(passes) == 1, "ccneg, retrieval and sugarcrepe_pp share one pass over the split"
+    if round_index == 0:
+      assert dict(compiled) == {"jit(encode_images)": 1, "jit(encode_texts)": len(lengths)}
+    else:
+      assert compiled.total() == 0, f"the second round recompiled {dict(compiled)}"
+    assert results == pytest.approx(expected[round_index], abs=1e-6)
+  assert results["sugarcrepe_pp/overall/items"] == results["ccneg/items"] > 0
+  assert results != pytest.approx(expected[0], abs=1e-6)  # the new parameters were used
+
+
+def test_evaluators_on_the_same_items_share_a_pass(sugarcrepe_csv, tmp_path):
+  triples = sources.read_triples(str(sugarcrepe_csv), layout="sugarcrepe_pp")[:40]
+  images = _write_images(tmp_path / "images", [t.image for t in triples])
+  config = _data_config(batch_size=16)
+  scpp = SugarCrepePPEvaluator(sources.TripleFileSource(triples, str(images)),
+                               [sugarcrepe_pp.UNKNOWN] * 40, config)
+  ccneg = CCNegEvaluator(sources.TripleFileSource(list(triples), str(images)), config)  # apart
+  other = CCNegEvaluator(sources.TripleFileSource(triples[:20], str(images)), config)
+  round_ = EvalRound.of_model(create_clip(get_preset("tiny")))
+  for evaluator in (scpp, ccneg):
+    list(evaluator.evaluate(round_))
+  assert round_.passes == 1
+  list(other.evaluate(round_))  # other items: their own pass
+  assert round_.passes == 2
+  list(CCNegEvaluator(other.source, _data_config(batch_size=8)).evaluate(round_))
+  assert round_.passes == 3  # other pipeline settings: their own pass
+  shared = round_.triples(ccneg.source, config)
+  with pytest.raises(ValueError, match="read-only"):
+    shared["image"][0, 0] = 0.0  # handed to several evaluators: none may change it

@@ -14,6 +14,8 @@ import safetensors.numpy
 import transformers
 
 from semclip_jax import checkpointing, train
+from semclip_jax.data import input_pipeline
+from semclip_jax.evaluators.embed import count_compilations
 from semclip_jax.metrics_writer import read_metrics
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -135,6 +137,38 @@ def test_meshes_match_one_device(tmp_path):
   assert len(losses["one"]) == 20
   np.testing.assert_allclose(losses["8x1"], losses["one"], rtol=0, atol=1e-4)
   np.testing.assert_allclose(losses["4x2"], losses["one"], rtol=0, atol=1e-4)
+
+
+def test_eval_rounds_share_one_pass_and_compile_once_per_run(tmp_path, monkeypatch):
+  # Evals at step 2 and at the end, on a 4x2 mesh (parameters FSDP-sharded as the step leaves
+  # them): the second round reuses the towers compiled for the first, and ccneg and retrieval
+  # share one pass over the held-out shapes.
+  config = _shapes_config(total_steps=4, log_every_steps=2, export_hf=False)
+  config.checkpoint.every_steps = 1000
+  config.mesh.update(num_devices=8, data=4, fsdp=2)
+  config.data.shapes_eval_size = 24
+  for eval_config in config.evals.values():
+    eval_config.every_steps = 2
+  assert sorted(config.evals) == ["ccneg", "retrieval"]
+  pipelines, rounds = [], []
+  make_pipeline, evaluate_model = input_pipeline.make_pipeline, train.evaluate_model
+  monkeypatch.setattr(input_pipeline, "make_pipeline",
+                      lambda *a, **k: pipelines.append(a[0]) or make_pipeline(*a, **k))
+
+  def counted(*args, **kwargs):
+    before = len(pipelines)
+    with count_compilations() as compiled:
+      results = evaluate_model(*args, **kwargs)
+    rounds.append({"compiled": dict(compiled), "passes": len(pipelines) - before})
+    return results
+
+  monkeypatch.setattr(train, "evaluate_model", counted)
+  results = train.train_and_evaluate(config, str(tmp_path))
+  assert len(rounds) == 2 and results["ccneg/items"] == 24
+  assert [r["passes"] for r in rounds] == [1, 1]
+  assert set(rounds[0]["compiled"]) == {"jit(encode_images)", "jit(encode_texts)"}
+  assert rounds[0]["compiled"]["jit(encode_images)"] == 1
+  assert rounds[1]["compiled"] == {}, "the second eval round recompiled"
 
 
 @pytest.mark.parametrize("field,value,message", [

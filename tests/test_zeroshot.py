@@ -16,6 +16,7 @@ from PIL import Image
 
 from semclip_jax.data.tokenizer import CLIPTokenizer
 from semclip_jax.evaluators import zeroshot
+from semclip_jax.evaluators.embed import EvalRound
 from semclip_jax.models import create_clip, get_preset
 from semclip_jax.sharding import make_mesh
 
@@ -189,7 +190,7 @@ def test_missing_data_names_data_dir_and_prepare_command(tmp_path, tiny_model):
 
 def test_image_embeddings_do_not_depend_on_batch_size(toy_dir, tiny_model):
   source, _ = zeroshot.load_split("zeroshot_toy_a", str(toy_dir))
-  encode_images, _ = zeroshot._make_encoders(tiny_model)  # pylint: disable=protected-access
+  encode_images = EvalRound.of_model(tiny_model).encode_images
   size = tiny_model.config.vision.image_size
   z8, labels8 = zeroshot.embed_images(encode_images, source, size, batch_size=8)  # 30 = 3·8 + 6
   z32, labels32 = zeroshot.embed_images(encode_images, source, size, batch_size=32)

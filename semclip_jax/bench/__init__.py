@@ -9,6 +9,8 @@ One module per measurement, each light to import beside the others (none imports
   input_rate  the input pipeline's records/s (`--what=input`)
   scale       sharded-loss memory and the pod-scale compile on forced host devices
               (`--what=loss_memory|pod`)
+  evaluation  two eval rounds of the sugarcrepe_pp config's evaluators: items/s, compilations
+              and pipeline passes (`--what=eval`)
   peers       the same step in PyTorch open_clip, side by side: `python -m semclip_jax.bench.peers`
               (needs the `bench` extra; nothing else imports it)
 

@@ -1,4 +1,4 @@
-"""Benchmarks: `python -m semclip_jax.bench --what=step|input|peak|all|loss_memory|pod`.
+"""Benchmarks: `python -m semclip_jax.bench --what=step|input|peak|all|loss_memory|pod|eval`.
 
 `step` times the full training step (image tower on B images, text tower on the 3B captions in one
 call, loss, backward, AdamW update) after compilation and warm-up: median step time, samples/s,
@@ -20,6 +20,8 @@ compare rows of one run.
 devices) and `pod` (the full step compiled, not run, for 256 forced host devices) are
 `semclip_jax.bench.scale`'s measurements; `all` leaves them out (the pod simulation compiles for
 minutes). The same step against open_clip in PyTorch: `python -m semclip_jax.bench.peers`.
+
+`eval` times two eval rounds of the sugarcrepe_pp config's evaluators (`bench.evaluation`).
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from typing import Any, Sequence
 
 import jax
 
-from semclip_jax.bench import input_rate, peak, results as results_lib, scale, step
+from semclip_jax.bench import evaluation, input_rate, peak, results as results_lib, scale, step
 
 # --what -> the module that measures it. Each module has `add_arguments(parser)` (its flags; every
 # module's are on the one parser, so `--help` lists them all and a module may read another's, as
@@ -43,6 +45,7 @@ MODES: dict[str, ModuleType] = {
     "peak": peak,
     "loss_memory": scale,
     "pod": scale,
+    "eval": evaluation,
 }
 # --what names that run several modes in turn. `all` leaves out the scale simulations (the pod
 # compiles for minutes).

@@ -1,10 +1,13 @@
-"""Evaluators chosen by config: each has `run(model, mesh)` yielding (metric name, value)."""
+"""Evaluators chosen by config: `evaluate(round)` yields (metric name, value) from an `EvalRound`
+(parameters bound to towers jitted once per run; each data read embedded once per round), and
+`run(model, mesh)` is the one-off form."""
 
 from __future__ import annotations
 
 import ml_collections
 
 from semclip_jax.evaluators.ccneg import CCNegEvaluator
+from semclip_jax.evaluators.embed import Encoder, EvalRound, Evaluator
 from semclip_jax.evaluators.retrieval import RetrievalEvaluator
 from semclip_jax.evaluators.sugarcrepe_pp import SugarCrepePPEvaluator
 from semclip_jax.evaluators.zeroshot import ZeroShotEvaluator

@@ -1,73 +1,240 @@
-"""Embeddings of a triple source, computed in jitted, sharded batches.
+"""The one evaluation embedding path: towers jitted once per run, each source embedded once a round.
 
-The eval pipeline's last batch may be short: it is padded to the full batch (so one compilation
-serves every batch and the batch splits evenly over devices) and the padded rows are dropped, so
-every item is counted exactly once.
+`Encoder` holds the two towers' embed functions, jitted once from a graphdef and called with the
+parameters as an argument: a later evaluation round (new values, same shapes and shardings) reuses
+the compiled programs, one per tower and input shape for the whole run. `EvalRound` binds an
+encoder to one set of parameters and caches the triple embeddings of each source it is asked for,
+keyed by the data read (the source's items and the pipeline settings), so evaluators scoring the
+same split share one pass. Evaluators take a round (`Evaluator.evaluate`); `Evaluator.run(model)`
+is the one-off form, which compiles for that model.
+
+Batches are padded to the full batch (one compilation serves every batch, and the batch splits
+evenly over devices) and the padded rows dropped, so every item is counted exactly once.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import collections
+import contextlib
+import hashlib
+from typing import Any, Callable, Hashable, Iterator
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from flax import nnx
 
-from semclip_jax.data import input_pipeline
-from semclip_jax.models.clip import CLIP
+from semclip_jax.data import input_pipeline, sources
+from semclip_jax.data.shapes import ShapesSource
+from semclip_jax.models.clip import CLIP, l2_normalize
+from semclip_jax.models.model_config import CLIPConfig
 from semclip_jax.sharding import batch_sharding
 
 CAPTION_KINDS = ("caption", "paraphrase", "negation")
+Params = tuple[nnx.State, ...]  # the states `nnx.merge(graphdef, *params)` takes
+Metrics = Iterator[tuple[str, float]]
+# Settings of the eval pipeline; with the source's items they decide what a pass yields.
+_PIPELINE_FIELDS = tuple(sorted(input_pipeline.default_config().keys()))
+_COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"  # dispatch.BACKEND_COMPILE_EVENT
 
 
-def unit(x: jax.Array) -> jax.Array:
-  return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), 1e-6)
+# ----------------------------------------------------------------------------------------------
+# The towers, jitted once.
+# ----------------------------------------------------------------------------------------------
+class Encoder:
+  """`images(params, [B, S, S, 3]) -> [B, D]` and `texts(params, [N, L] int32) -> [N, D]`, both
+  L2-normalised, each one `jax.jit` for the encoder's life (one compilation per input shape).
+
+  `model_of` picks the CLIP out of what `graphdef` describes (the trainer passes its train state's
+  graphdef and `(params, rest)`, so no host-side merge or split happens per round).
+  """
+
+  def __init__(self, graphdef: nnx.GraphDef, config: CLIPConfig,
+               model_of: Callable[[Any], CLIP] = lambda module: module):
+    self.config = config
+
+    def model(params: Params) -> CLIP:  # merged inside the trace only
+      return model_of(nnx.merge(graphdef, *params))
+
+    def encode_images(params: Params, images: jax.Array) -> jax.Array:
+      return l2_normalize(model(params).encode_image(images))
+
+    def encode_texts(params: Params, tokens: jax.Array) -> jax.Array:
+      return l2_normalize(model(params).encode_text(tokens))
+
+    self.images = jax.jit(encode_images)
+    self.texts = jax.jit(encode_texts)
+
+  @classmethod
+  def of(cls, model: CLIP) -> tuple[Encoder, Params]:
+    """An encoder for `model`'s graph, and its parameters."""
+    graphdef, state = nnx.split(model)
+    return cls(graphdef, model.config), (state,)
 
 
-def make_encode_fn(model: CLIP):
-  """jitted (images [B,S,S,3], tokens [B,3,L]) -> (zi [B,D], z [B,3,D]), L2-normalised."""
-  graphdef, state = nnx.split(model)
+@contextlib.contextmanager
+def count_compilations() -> Iterator[collections.Counter]:
+  """`with count_compilations() as compiled:` counts the XLA compilations inside the block by
+  function name (the towers: "jit(encode_images)", "jit(encode_texts)"); `.total()`: all."""
+  compiled: collections.Counter = collections.Counter()
 
-  @jax.jit
-  def encode(state, images, tokens):
-    module = nnx.merge(graphdef, state)
-    b, k, length = tokens.shape
-    zi = module.encode_image(images)
-    z = module.encode_text(tokens.reshape(b * k, length)).reshape(b, k, -1)
-    return unit(zi), unit(z)
+  def listener(event: str, _: float, **kwargs) -> None:
+    if event == _COMPILE_EVENT:
+      compiled[kwargs.get("fun_name", "?")] += 1
 
-  return lambda images, tokens: encode(state, images, tokens)
+  jax.monitoring.register_event_duration_secs_listener(listener)
+  try:
+    yield compiled
+  finally:
+    jax.monitoring.unregister_event_duration_listener(listener)
 
 
+# ----------------------------------------------------------------------------------------------
+# Padded batches.
+# ----------------------------------------------------------------------------------------------
 def pad_rows(x: np.ndarray, rows: int) -> np.ndarray:
+  """[n, ...] -> [rows, ...] (n <= rows), zero rows appended."""
   return np.concatenate([x, np.zeros((rows - len(x), *x.shape[1:]), x.dtype)]) if len(x) < rows else x
 
 
-def embed_source(model: CLIP, source, data_config: ml_collections.ConfigDict, mesh=None
-                 ) -> dict[str, Any]:
-  """{"ids": [N], "image": [N, D], "caption"/"paraphrase"/"negation": [N, D]} as numpy float32.
+class PaddedBatches:
+  """Encodes batches of at most `batch_size` rows, each padded to `batch_size`, and gathers the
+  real rows. `add` only dispatches, so the device computes while the host prepares the next
+  batch; results are read back once, by `result`."""
 
-  Records the pipeline's bad-input policy skips are absent (their ids too).
-  """
-  encode = make_encode_fn(model)
-  pipeline = input_pipeline.make_pipeline(source, data_config, train=False, process_index=0,
-                                          process_count=1)
-  ids, images, texts = [], [], []
-  try:
-    for batch in pipeline:
-      n = len(batch["id"])
-      full = data_config.batch_size
-      arrays = [pad_rows(batch["image"], full), pad_rows(batch["tokens"], full)]
-      if mesh is not None:
-        arrays = [jax.device_put(a, batch_sharding(mesh)) for a in arrays]
-      zi, z = encode(*arrays)
-      ids.extend(str(i) for i in batch["id"])
-      images.append(np.asarray(zi)[:n])
-      texts.append(np.asarray(z)[:n])
-  finally:
-    pipeline.close()
-  texts = np.concatenate(texts)
-  return {"ids": ids, "image": np.concatenate(images),
-          **{kind: texts[:, i] for i, kind in enumerate(CAPTION_KINDS)}}
+  def __init__(self, encode: Callable[[Any], jax.Array], batch_size: int, mesh=None):
+    self.encode = encode
+    self.batch_size = batch_size
+    self.mesh = mesh
+    self._outputs: list[tuple[jax.Array, int]] = []
+
+  def add(self, rows: np.ndarray) -> None:
+    if len(rows) > self.batch_size:
+      raise ValueError(f"{len(rows)} rows do not fit a batch of {self.batch_size}")
+    padded = pad_rows(rows, self.batch_size)
+    if self.mesh is not None:
+      padded = jax.device_put(padded, batch_sharding(self.mesh))
+    self._outputs.append((self.encode(padded), len(rows)))
+
+  def result(self) -> np.ndarray:
+    """[rows added, D] float32."""
+    return np.concatenate([np.asarray(z)[:n] for z, n in self._outputs])
+
+
+def embed_rows(encode: Callable[[Any], jax.Array], rows: np.ndarray, batch_size: int, mesh=None
+               ) -> np.ndarray:
+  """[N, ...] -> [N, D], encoded in padded batches of `batch_size`."""
+  batches = PaddedBatches(encode, batch_size, mesh)
+  for start in range(0, len(rows), batch_size):
+    batches.add(rows[start:start + batch_size])
+  return batches.result()
+
+
+# ----------------------------------------------------------------------------------------------
+# One round: parameters bound, each data read embedded once.
+# ----------------------------------------------------------------------------------------------
+def source_key(source) -> Hashable:
+  """What identifies the items `source` yields: the items themselves for triple files (sources
+  built apart from the same file and split share a pass), the shards for ArrayRecord, the
+  parameters of generated shapes, else the object."""
+  triples = getattr(source, "triples", None)
+  if triples is not None:
+    text = repr((getattr(source, "image_dir", None), triples))
+    return ("triples", hashlib.sha256(text.encode()).hexdigest())
+  if isinstance(source, sources.ArrayRecordSource):
+    return ("array_record", tuple(source.paths))
+  if isinstance(source, ShapesSource):
+    return ("shapes", repr(source))
+  return ("object", id(source))
+
+
+def data_key(source, data_config: ml_collections.ConfigDict) -> Hashable:
+  """The key of the embeddings `source` read with `data_config` gives."""
+  return source_key(source), tuple((k, repr(data_config.get(k))) for k in _PIPELINE_FIELDS)
+
+
+class EvalRound:
+  """One evaluation of one set of parameters. `triples` embeds a source once and hands the same
+  (read-only) arrays to every evaluator asking for it; `passes` counts the pipeline passes."""
+
+  def __init__(self, encoder: Encoder, params: Params, mesh=None):
+    self.encoder = encoder
+    self.params = tuple(params)
+    self.mesh = mesh
+    self.passes = 0
+    self._triples: dict[Hashable, dict[str, Any]] = {}
+
+  @classmethod
+  def of_model(cls, model: CLIP, mesh=None) -> EvalRound:
+    """A round for `model` alone; its encoder compiles afresh (a trainer keeps one encoder)."""
+    return cls(*Encoder.of(model), mesh)
+
+  @property
+  def config(self) -> CLIPConfig:
+    return self.encoder.config
+
+  def encode_images(self, images: jax.Array) -> jax.Array:
+    """[B, S, S, 3] -> [B, D] unit rows (on device)."""
+    return self.encoder.images(self.params, images)
+
+  def encode_texts(self, tokens: jax.Array) -> jax.Array:
+    """[N, L] -> [N, D] unit rows (on device)."""
+    return self.encoder.texts(self.params, tokens)
+
+  def triples(self, source, data_config: ml_collections.ConfigDict) -> dict[str, Any]:
+    """{"ids": [N], "image": [N, D], "caption"/"paraphrase"/"negation": [N, D]} (numpy float32,
+    read-only: shared). Records the pipeline's bad-input policy skips are absent, ids too."""
+    key = data_key(source, data_config)
+    if key not in self._triples:
+      self._triples[key] = self._embed_triples(source, data_config)
+    return self._triples[key]
+
+  def _embed_triples(self, source, data_config: ml_collections.ConfigDict) -> dict[str, Any]:
+    self.passes += 1
+    pipeline = input_pipeline.make_pipeline(source, data_config, train=False, process_index=0,
+                                            process_count=1)
+    batch_size, k = data_config.batch_size, len(CAPTION_KINDS)
+    images = PaddedBatches(self.encode_images, batch_size, self.mesh)
+    texts = PaddedBatches(self.encode_texts, k * batch_size, self.mesh)  # one call on 3B captions
+    ids: list[str] = []
+    try:
+      for batch in pipeline:
+        images.add(batch["image"])
+        texts.add(batch["tokens"].reshape(-1, batch["tokens"].shape[-1]))  # [B, 3, L] -> [3B, L]
+        ids.extend(str(i) for i in batch["id"])
+    finally:
+      pipeline.close()
+    zi, z = images.result(), texts.result().reshape(len(ids), k, -1)
+    for array in (zi, z):
+      array.setflags(write=False)
+    return {"ids": ids, "image": zi, **{kind: z[:, i] for i, kind in enumerate(CAPTION_KINDS)}}
+
+
+# ----------------------------------------------------------------------------------------------
+# Evaluators.
+# ----------------------------------------------------------------------------------------------
+class Evaluator:
+  """`evaluate(round)` yields (metric name, value) from a round's embeddings."""
+
+  def evaluate(self, round_: EvalRound) -> Metrics:
+    raise NotImplementedError
+
+  def run(self, model: CLIP, mesh=None) -> Metrics:
+    """`evaluate` on a one-off round for `model` (compiles for it)."""
+    return self.evaluate(EvalRound.of_model(model, mesh))
+
+
+class TripleEvaluator(Evaluator):
+  """Scores the triple embeddings of `source` read with `data_config` (`score`); evaluators
+  naming the same data in one round share its pass."""
+
+  def __init__(self, source, data_config: ml_collections.ConfigDict):
+    self.source = source
+    self.data_config = data_config
+
+  def evaluate(self, round_: EvalRound) -> Metrics:
+    return self.score(round_.triples(self.source, self.data_config))
+
+  def score(self, z: dict[str, Any]) -> Metrics:
+    """Metrics from `EvalRound.triples`' embeddings."""
+    raise NotImplementedError

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Iterator
+from typing import Any
 
 import ml_collections
 
 from semclip_jax.evaluators import metrics
-from semclip_jax.evaluators.embed import embed_source
+from semclip_jax.evaluators.embed import Metrics, TripleEvaluator
 
 
-class RetrievalEvaluator:
+class RetrievalEvaluator(TripleEvaluator):
   """Yields e.g. `t2i_top1_original`, `i2t_top5_paraphrase` for k in `ks`.
 
   Item i's image is the match of item i's captions, as in the paper's evaluation; a dataset with
@@ -18,12 +18,10 @@ class RetrievalEvaluator:
   """
 
   def __init__(self, source, data_config: ml_collections.ConfigDict, ks=(1, 5, 10)):
-    self.source = source
-    self.data_config = data_config
+    super().__init__(source, data_config)
     self.ks = tuple(ks)
 
-  def run(self, model, mesh=None) -> Iterator[tuple[str, float]]:
-    z = embed_source(model, self.source, self.data_config, mesh)
+  def score(self, z: dict[str, Any]) -> Metrics:
     for kind, name in (("caption", "original"), ("paraphrase", "paraphrase")):
       for direction, (queries, keys) in (("t2i", (z[kind], z["image"])),
                                          ("i2t", (z["image"], z[kind]))):

@@ -21,18 +21,18 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Iterator, Sequence
+from typing import Any, Sequence
 
 import ml_collections
 import numpy as np
 
-from semclip_jax.data import prepare, sources
+from semclip_jax.data import readers, sources
 from semclip_jax.evaluators import metrics
-from semclip_jax.evaluators.embed import embed_source
+from semclip_jax.evaluators.embed import CAPTION_KINDS, Metrics, TripleEvaluator
 
 logger = logging.getLogger(__name__)
 
-SUBSETS = prepare.SUGARCREPE_SUBSETS  # swap_obj, swap_att, replace_obj, replace_att, replace_rel
+SUBSETS = readers.SUGARCREPE_SUBSETS  # swap_obj, swap_att, replace_obj, replace_att, replace_rel
 UNKNOWN = "unknown"  # items whose subset cannot be told: scored in `overall` only
 IMAGES_CHECKED = 5  # images looked for up front (the pipeline would silently skip missing ones)
 
@@ -125,7 +125,7 @@ def csv_subsets(triples: Sequence[sources.Triple]) -> list[str]:
 
 
 def json_subset(triple: sources.Triple) -> str:
-  """`prepare.sugarcrepe_triples` names items `<file stem>:<record id>`: the stem is the subset."""
+  """`readers.sugarcrepe_triples` names items `<file stem>:<record id>`: the stem is the subset."""
   return triple.id.split(":", 1)[0]
 
 
@@ -170,9 +170,14 @@ def _item_ids(source) -> list[str]:
 # ----------------------------------------------------------------------------------------------
 # The evaluator.
 # ----------------------------------------------------------------------------------------------
-class SugarCrepePPEvaluator:
+class SugarCrepePPEvaluator(TripleEvaluator):
   """Yields `<subset>/{itt, tot, img_p1_vs_neg, img_p2_vs_neg, items}` for each known subset,
-  the same for `overall`, and `overall/skipped` (items the pipeline dropped as bad)."""
+  the same for `overall`, and `overall/skipped` (items the pipeline dropped as bad).
+
+  Subset labels are kept beside the source, matched to embeddings by item id, so the pass is the
+  plain triple pass: when ccneg/retrieval read the same items (the sugarcrepe_pp config: the same
+  CSV and split) one round embeds them once for all three.
+  """
 
   def __init__(self, items, subsets: Sequence[str], data_config: ml_collections.ConfigDict):
     """`items`: a triple source (`sources.TripleFileSource` or any with ids); `subsets`: the
@@ -185,9 +190,8 @@ class SugarCrepePPEvaluator:
     ids = _item_ids(items)
     if len(set(ids)) != len(ids):
       raise ValueError("item ids are not unique: scores could not be matched to subsets")
-    self.source = items
+    super().__init__(items, data_config)
     self.subsets = list(subsets)
-    self.data_config = data_config
     self._subset_of = dict(zip(ids, self.subsets))
 
   @classmethod
@@ -196,7 +200,7 @@ class SugarCrepePPEvaluator:
                 ) -> SugarCrepePPEvaluator:
     """The official files (`<subset>.json`, or a folder holding them) over `image_dir`."""
     paths = [paths_or_folder] if isinstance(paths_or_folder, str) else list(paths_or_folder)
-    triples = prepare.sugarcrepe_triples(paths)
+    triples = readers.sugarcrepe_triples(paths)
     triples, subsets = _select(triples, [json_subset(t) for t in triples], split, data_config)
     return cls(sources.TripleFileSource(triples, image_dir), subsets, data_config)
 
@@ -226,10 +230,9 @@ class SugarCrepePPEvaluator:
     present = set(self.subsets) - {UNKNOWN}
     return [s for s in SUBSETS if s in present] + sorted(present - set(SUBSETS))
 
-  def run(self, model, mesh=None) -> Iterator[tuple[str, float]]:
-    z = embed_source(model, self.source, self.data_config, mesh)
+  def score(self, z: dict[str, Any]) -> Metrics:
     labels = np.asarray([self._subset_of[i] for i in z["ids"]], dtype=object)
-    embeddings = lambda mask: [z[k][mask] for k in ("image", "caption", "paraphrase", "negation")]
+    embeddings = lambda mask: [z[k][mask] for k in ("image", *CAPTION_KINDS)]
     groups: list[tuple[str, np.ndarray]] = [(s, labels == s) for s in self.subset_names()]
     groups.append(("overall", np.ones(len(labels), bool)))
     for name, mask in groups:

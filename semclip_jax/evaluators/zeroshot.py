@@ -20,20 +20,18 @@ the official test set) of CIFAR-10, CIFAR-100, Flowers-102, Food-101 and Oxford-
 from __future__ import annotations
 
 import os
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Sequence
 
 import grain
 import jax
 import ml_collections
 import numpy as np
-from flax import nnx
 from PIL import Image
 
 from semclip_jax.data import transforms
 from semclip_jax.data.tokenizer import CLIPTokenizer
-from semclip_jax.evaluators.embed import pad_rows, unit
-from semclip_jax.models.clip import CLIP
-from semclip_jax.sharding import batch_sharding
+from semclip_jax.evaluators.embed import EvalRound, Evaluator, Metrics, PaddedBatches, embed_rows
+from semclip_jax.models.clip import l2_normalize
 
 DATASETS = ("cifar10", "cifar100", "oxford_flowers102", "food101", "oxford_iiit_pet")
 TEMPLATES = ("this is a photo of a {c}",)
@@ -124,42 +122,19 @@ def load_split(name: str, data_dir: str | None, split: str | None = None
 
 
 # ----------------------------------------------------------------------------------------------
-# Embeddings in jitted, padded batches.
+# Embeddings in padded batches, through a round's jitted towers (`EvalRound.encode_*`).
 # ----------------------------------------------------------------------------------------------
-def _make_encoders(model: CLIP):
-  """(images [B,S,S,3] -> [B,D], tokens [B,L] -> [B,D]), jitted, L2-normalised."""
-  graphdef, state = nnx.split(model)
-
-  @jax.jit
-  def encode_images(state, images):
-    return unit(nnx.merge(graphdef, state).encode_image(images))
-
-  @jax.jit
-  def encode_texts(state, tokens):
-    return unit(nnx.merge(graphdef, state).encode_text(tokens))
-
-  return (lambda images: encode_images(state, images),
-          lambda tokens: encode_texts(state, tokens))
+Encode = Callable[[Any], jax.Array]  # a batch [B, ...] -> [B, D] unit rows
 
 
-def _embed_padded(encode, rows: np.ndarray, batch_size: int, mesh) -> np.ndarray:
-  """Encodes one batch padded to `batch_size` (one compilation; splits evenly over the mesh)."""
-  padded = pad_rows(rows, batch_size)
-  if mesh is not None:
-    padded = jax.device_put(padded, batch_sharding(mesh))
-  return np.asarray(encode(padded))[:len(rows)]
-
-
-def class_embeddings(encode_texts, tokenizer: CLIPTokenizer, class_names: Sequence[str],
+def class_embeddings(encode_texts: Encode, tokenizer: CLIPTokenizer, class_names: Sequence[str],
                      templates: Sequence[str], batch_size: int, mesh=None) -> np.ndarray:
   """[C, D] prompt-ensemble class embeddings: mean over templates of unit vectors, renormalised."""
   # Templates may use "{c}" or "{}"; both are filled.
   prompts = [t.format(c, c=c) for c in class_names for t in templates]
-  tokens = tokenizer(prompts)
-  z = np.concatenate([_embed_padded(encode_texts, tokens[i:i + batch_size], batch_size, mesh)
-                      for i in range(0, len(tokens), batch_size)])
+  z = embed_rows(encode_texts, tokenizer(prompts), batch_size, mesh)
   z = z.reshape(len(class_names), len(templates), -1).mean(axis=1)
-  return z / np.maximum(np.linalg.norm(z, axis=-1, keepdims=True), 1e-6)
+  return np.asarray(l2_normalize(z))
 
 
 class _EvalImage:
@@ -177,7 +152,7 @@ class _EvalImage:
     return {"image": transforms.normalize(cropped), "label": np.int64(record[LABEL_KEY])}
 
 
-def embed_images(encode_images, source, image_size: int, batch_size: int,
+def embed_images(encode_images: Encode, source, image_size: int, batch_size: int,
                  max_examples: int | None = None, mesh=None) -> tuple[np.ndarray, np.ndarray]:
   """([N, D] unit image embeddings, [N] labels) of the first `max_examples` records, in order."""
   n = len(source) if max_examples is None else min(max_examples, len(source))
@@ -187,17 +162,17 @@ def embed_images(encode_images, source, image_size: int, batch_size: int,
              .to_iter_dataset(grain.ReadOptions(num_threads=_READ_THREADS,
                                                 prefetch_buffer_size=2 * batch_size))
              .batch(batch_size))
-  embeddings, labels = [], []
+  embeddings, labels = PaddedBatches(encode_images, batch_size, mesh), []
   for batch in batches:
-    embeddings.append(_embed_padded(encode_images, batch["image"], batch_size, mesh))
+    embeddings.add(batch["image"])
     labels.append(batch["label"])
-  return np.concatenate(embeddings), np.concatenate(labels)
+  return embeddings.result(), np.concatenate(labels)
 
 
 # ----------------------------------------------------------------------------------------------
 # The evaluator.
 # ----------------------------------------------------------------------------------------------
-class ZeroShotEvaluator:
+class ZeroShotEvaluator(Evaluator):
   """Yields `<dataset>/original_accuracy`, `/negated_accuracy`, `/delta`, `/items` per dataset,
   then `mean/original_accuracy`, `mean/negated_accuracy`, `mean/delta` over the datasets.
 
@@ -244,19 +219,20 @@ class ZeroShotEvaluator:
       names = override
     return source, names
 
-  def run(self, model, mesh=None) -> Iterator[tuple[str, float]]:
+  def evaluate(self, round_: EvalRound) -> Metrics:
+    mesh = round_.mesh
     if mesh is not None and self.batch_size % mesh.size:
       raise ValueError(f"batch_size {self.batch_size} does not split over the {mesh.size} devices")
     # Every dataset is opened first, so a missing one fails before hours of embedding the others.
     loaded = {name: self._load(name) for name in self.datasets}
     tokenizer = self.tokenizer or CLIPTokenizer(
-        context_length=model.config.text.max_position_embeddings)
-    encode_images, encode_texts = _make_encoders(model)
+        context_length=round_.config.text.max_position_embeddings)
     results = []
     for name, (source, names) in loaded.items():
-      zi, labels = embed_images(encode_images, source, model.config.vision.image_size,
+      zi, labels = embed_images(round_.encode_images, source, round_.config.vision.image_size,
                                 self.batch_size, self.max_examples, mesh)
-      zc = [class_embeddings(encode_texts, tokenizer, names, templates, self.batch_size, mesh)
+      zc = [class_embeddings(round_.encode_texts, tokenizer, names, templates, self.batch_size,
+                             mesh)
             for templates in (self.templates, self.negated_templates)]
       scores = zeroshot_scores(zi, labels, *zc)
       results.append(scores)

@@ -10,6 +10,17 @@ from semclip_jax.models.model_config import CLIPConfig
 from semclip_jax.models.text import TextTransformer
 from semclip_jax.models.vit import VisionTransformer
 
+NORM_EPS = 1e-6  # as the official SemCLIP code's F.normalize(eps=1e-6)
+
+
+def l2_normalize(x: jax.Array, eps: float = NORM_EPS) -> jax.Array:
+  """[..., D] -> x / max(|x|, eps) along the last axis (torch's F.normalize).
+
+  The one normalisation of the embedding space: losses, evaluators and `clip_logits` all use it.
+  It lives with the model, the lowest layer they share, so no import circle can form.
+  """
+  return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), eps)
+
 
 class CLIP(nnx.Module):
   """Image and text towers mapping into a shared `projection_dim` space.
@@ -42,8 +53,7 @@ class CLIP(nnx.Module):
 
 def clip_logits(zi: jax.Array, zt: jax.Array, logit_scale: jax.Array) -> jax.Array:
   """[B, D] x [N, D] -> [B, N] image-to-text logits exp(logit_scale) * cos, as transformers' CLIP."""
-  zi = zi / jnp.linalg.norm(zi, axis=-1, keepdims=True)
-  zt = zt / jnp.linalg.norm(zt, axis=-1, keepdims=True)
+  zi, zt = l2_normalize(zi), l2_normalize(zt)  # eps changes nothing above norm 1e-6
   # Scale after the product, in transformers' order, so float32 rounding matches theirs.
   return (zi @ zt.T) * jnp.exp(logit_scale)
 

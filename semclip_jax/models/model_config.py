@@ -1,4 +1,5 @@
-"""CLIP architecture descriptions: the config dataclasses (`CLIPConfig`, `VisionConfig`, `TextConfig`) and the named presets.
+"""CLIP architecture descriptions: the config dataclasses (`CLIPConfig`, `VisionConfig`,
+`TextConfig`) and the named presets.
 
 Field names and defaults follow Hugging Face's `CLIPTextConfig` / `CLIPVisionConfig` / `CLIPConfig`
 so that a `config.json` maps onto them one to one (see `semclip_jax.hf`). A field that a HF file
