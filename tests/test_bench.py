@@ -8,8 +8,8 @@ import pathlib
 import jax
 import pytest
 
-from semclip_jax import sharding, train, train_step
-from semclip_jax.bench import flops, step
+from semclip_jax import train, train_step
+from semclip_jax.bench import flops, scale, step
 from semclip_jax.bench.__main__ import main
 from semclip_jax.models.model_config import get_preset
 
@@ -20,12 +20,11 @@ PACKAGE = pathlib.Path(__file__).resolve().parent.parent / "semclip_jax"
 def test_flop_formula_equals_the_matmuls_of_the_traced_train_step(freeze_image):
   # B/32's shapes (the layer count only scales both sides), so the formula is checked where it
   # is quoted; tracing costs no compute.
+  # The state and batch are abstract (shapes and shardings only): make_jaxpr needs no values.
   config = step.bench_config("B/32", 8, freeze_image=freeze_image)
-  tokens, _ = step.caption_tokens(8, path="")
-  tokens = tokens[..., :24]
   mesh = train.make_mesh(config)
-  graphdef, state, shardings, tx = train.build_train_state(config, mesh)
-  batch = sharding.global_batch(step.make_batch(config, tokens), mesh)
+  graphdef, state, shardings, tx = scale.abstract_train_state(config, mesh)
+  batch = scale.abstract_batch(8, config.data.image_size, 24, mesh)
   train_fn = train_step.make_train_step(graphdef, tx, mesh=mesh, state_shardings=shardings)
   traced = flops.jaxpr_matmul_flops(jax.make_jaxpr(train_fn)(state, batch))
   formula = flops.train_step_flops(get_preset("B/32"), 8, 24, freeze_image)

@@ -127,7 +127,9 @@ def test_sigterm_saves_a_restorable_checkpoint(tmp_path):
 
 def test_meshes_match_one_device(tmp_path):
   losses = {}
-  for name, (num_devices, data, fsdp) in {"one": (1, 1, 1), "8x1": (8, 8, 1), "4x2": (8, 4, 2)}.items():
+  # 4x2 splits the batch over both axes and the parameters over fsdp; the 8x1 data-parallel
+  # step alone is checked against one device in tests/test_sharding.py.
+  for name, (num_devices, data, fsdp) in {"one": (1, 1, 1), "4x2": (8, 4, 2)}.items():
     config = _shapes_config(total_steps=20, log_every_steps=1, export_hf=False)
     config.evals = {}
     config.checkpoint.every_steps = 1000
@@ -135,7 +137,6 @@ def test_meshes_match_one_device(tmp_path):
     train.train_and_evaluate(config, str(tmp_path / name))
     losses[name] = np.array([v for _, v in sorted(_losses(tmp_path / name).items())])
   assert len(losses["one"]) == 20
-  np.testing.assert_allclose(losses["8x1"], losses["one"], rtol=0, atol=1e-4)
   np.testing.assert_allclose(losses["4x2"], losses["one"], rtol=0, atol=1e-4)
 
 
