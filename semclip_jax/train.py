@@ -57,7 +57,7 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None
                        f"{sorted(EVALUATORS)}")
 
 
-def _eval_data_config(config: ml_collections.ConfigDict, image_size: int | None = None
+def eval_data_config(config: ml_collections.ConfigDict, image_size: int | None = None
                       ) -> ml_collections.ConfigDict:
   data = ml_collections.ConfigDict(config.data.to_dict())
   data.update(worker_count=0, max_bad_fraction=1.0)
@@ -119,7 +119,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
   # ---- data ----------------------------------------------------------------------------------
   train_source = data_lib.make_source(config.data, split=config.data.train_split)
-  evaluators = {name: (c, make_evaluator(c, _eval_data_config(config)))
+  evaluators = {name: (c, make_evaluator(c, eval_data_config(config)))
                 for name, c in config.evals.items()}
   pipeline = input_pipeline.make_pipeline(train_source, config.data, train=True, mesh=mesh)
 
@@ -296,7 +296,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float
   mesh = make_mesh(config)
   validate_config(config, mesh.size)
   model, step = restore_model(config, workdir, mesh)
-  data = _eval_data_config(config, model.config.vision.image_size)
+  data = eval_data_config(config, model.config.vision.image_size)
   evaluators = {name: make_evaluator(c, data) for name, c in config.evals.items()}
   results = evaluate_model(evaluators, EvalRound.of_model(model, mesh), workdir)
   if jax.process_index() == 0:

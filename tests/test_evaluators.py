@@ -11,6 +11,7 @@ from PIL import Image
 from semclip_jax import data as data_lib
 from semclip_jax import config as config_lib
 from semclip_jax import evaluate, hf, report, train
+from semclip_jax.bench import __main__ as bench_main
 from semclip_jax.bench import evaluation
 from semclip_jax.data import input_pipeline
 from semclip_jax.data.shapes import ShapesSource
@@ -138,7 +139,7 @@ def test_training_writes_similarities_for_the_report(tmp_path):
 
 
 def test_eval_benchmark_two_rounds_one_pass_each_no_recompile(capsys):
-  records = evaluation.measure(evaluation.make_parser().parse_args(
+  records = evaluation.measure(bench_main.make_parser().parse_args(
       ["--eval_split=all", "--eval_max_rows=40", "--eval_batch_size=16"]))
   assert [r["round"] for r in records] == [1, 2]
   assert all(r["what"] == "eval" and r["items"] == 40 and r["items_scored"] == 120

@@ -231,7 +231,7 @@ def _scpp_config_evaluators(csv_path, image_dir):
   config = scpp_config.get_config()
   config.data.update(path=str(csv_path), image_dir=str(image_dir), batch_size=8, image_size=32,
                      context_length=32)
-  data = train._eval_data_config(config)  # pylint: disable=protected-access
+  data = train.eval_data_config(config)
   return {name: make_evaluator(c, data) for name, c in config.evals.items()}, data
 
 

@@ -9,7 +9,7 @@ parameters are fresh values of the same shapes, as a later step's are. Per round
 items scored per second (each evaluator's items, summed: the work the evaluators report), XLA
 compilations, and passes over the data.
 
-  python -m semclip_jax.bench.evaluation --eval_preset=tiny --eval_batch_size=128
+  python -m semclip_jax.bench --what=eval --eval_preset=tiny --eval_batch_size=128
   python -m semclip_jax.bench --what=eval --eval_preset=B/32 --eval_batch_size=32 \
       --eval_split=all --eval_max_rows=256
 
@@ -26,14 +26,12 @@ import tempfile
 import time
 from typing import Any, Sequence
 
-import jax
 import ml_collections
 import numpy as np
 from flax import nnx
 from PIL import Image
 
 from semclip_jax import train
-from semclip_jax.bench import results as results_lib
 from semclip_jax.data import sources
 from semclip_jax.evaluators import Encoder, EvalRound, make_evaluator
 from semclip_jax.evaluators.embed import count_compilations
@@ -100,7 +98,7 @@ def measure(args: argparse.Namespace) -> list[dict[str, Any]]:
     write_images(image_dir, [r["filename"] for r in rows])
     config = load_config(args, csv_path, image_dir)
     mesh = train.make_mesh(config)
-    evaluators = {n: make_evaluator(c, train._eval_data_config(config))  # pylint: disable=protected-access
+    evaluators = {n: make_evaluator(c, train.eval_data_config(config))
                   for n, c in config.evals.items()}
     encoder = None
     records = []
@@ -132,27 +130,3 @@ def print_table(results: Sequence[dict[str, Any]]) -> None:
             f"{len(r['evaluators'].split(','))} evaluators  {r['wall_s']:>7.2f} s  "
             f"{r['items_per_s']:>7.1f} items/s  {r['compilations']} compilations  "
             f"{r['passes']} passes")
-
-
-def make_parser() -> argparse.ArgumentParser:
-  """This module's flags alone, for `python -m semclip_jax.bench.evaluation`."""
-  parser = argparse.ArgumentParser(prog="python -m semclip_jax.bench.evaluation",
-                                   description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
-  add_arguments(parser)
-  parser.add_argument("--json_out", default=None, help="also append the JSON lines to this file")
-  return parser
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-  args = make_parser().parse_args(argv)
-  records = measure(args)
-  stamp = results_lib.machine_stamp()
-  print(f"# {stamp['machine']}, jax {stamp['jax']}, {jax.devices()[0].device_kind}")
-  print_table(records)
-  results_lib.emit_json_lines(records, stamp, args.json_out)
-  return 0
-
-
-if __name__ == "__main__":
-  raise SystemExit(main())
