@@ -9,6 +9,12 @@ columns (gradients flow back through the gather), computes its local rows agains
 both directions, and averages over the *global* batch with `psum`, so the value equals the
 single-device loss. `chunk_size` walks the gathered columns in chunks with an online log-sum-exp,
 recomputed in the backward pass, which bounds the logits memory to (local batch × chunk_size).
+
+Temperature. Every loss scales by exp(logit_scale) as is. CLIP's cap of 100 is not a clamp here:
+min(logit_scale, log 100) in the forward pass halves the gradient at the cap (where pretrained
+weights start) and zeroes it above, so once an update crosses the cap the temperature freezes.
+As CLIP and open_clip, the train step clamps the model's parameter to [0, MAX_LOGIT_SCALE] after
+each update instead.
 """
 
 from __future__ import annotations
@@ -27,18 +33,13 @@ Array = jax.Array
 AxisName = str | Sequence[str] | None
 Metrics = dict[str, Array]
 
-MAX_LOGIT_SCALE = math.log(100.0)  # CLIP clamps exp(logit_scale) at 100
+MAX_LOGIT_SCALE = math.log(100.0)  # the train step's cap on the model's logit_scale
 _MASKED = float(np.finfo(np.float32).min)  # a finite -inf: keeps exp/max gradients NaN-free
 
 
 # ----------------------------------------------------------------------------------------------
 # Small pieces.
 # ----------------------------------------------------------------------------------------------
-def clip_scale(logit_scale: Array) -> Array:
-  """exp(logit_scale) clamped at 100 (CLIP's convention)."""
-  return jnp.exp(jnp.minimum(logit_scale, MAX_LOGIT_SCALE))
-
-
 def make_projection(dim: int, k: int, seed: int = 0) -> Array:
   """[dim, k] with orthonormal columns, from a seeded Gaussian orthonormalised by QR."""
   if not 1 <= k <= dim:
@@ -163,7 +164,7 @@ def _infonce(zi: Array, zt: Array, scale: Array, axis_name: AxisName, chunk_size
 def clip_loss(zi: Array, zt: Array, logit_scale: Array, *, axis_name: AxisName = None,
               chunk_size: int | None = None) -> tuple[Array, Metrics]:
   """CLIP's symmetric InfoNCE. zi, zt: [b, D] (local rows); logit_scale: scalar (log of scale)."""
-  loss, metrics = _infonce(l2_normalize(zi), l2_normalize(zt), clip_scale(logit_scale), axis_name,
+  loss, metrics = _infonce(l2_normalize(zi), l2_normalize(zt), jnp.exp(logit_scale), axis_name,
                            chunk_size)
   return loss, {**metrics, "loss": loss}
 
@@ -172,7 +173,7 @@ def negclip_loss(zi: Array, zt: Array, zn: Array, logit_scale: Array, *,
                  axis_name: AxisName = None, chunk_size: int | None = None
                  ) -> tuple[Array, Metrics]:
   """NegCLIP: negated captions as extra hard-negative columns of the image->text softmax."""
-  loss, metrics = _infonce(l2_normalize(zi), l2_normalize(zt), clip_scale(logit_scale), axis_name,
+  loss, metrics = _infonce(l2_normalize(zi), l2_normalize(zt), jnp.exp(logit_scale), axis_name,
                            chunk_size, extra_text_cols=l2_normalize(zn))
   return loss, {**metrics, "loss": loss}
 
@@ -181,7 +182,7 @@ def siglip_loss(zi: Array, zt: Array, logit_scale: Array, logit_bias: Array, *,
                 axis_name: AxisName = None, chunk_size: int | None = None
                 ) -> tuple[Array, Metrics]:
   """SigLIP: Σ_j −log σ(±(s·cos(i, j) + bias)) per image, averaged over the global batch."""
-  scale = clip_scale(logit_scale)
+  scale = jnp.exp(logit_scale)
   zi, zt = l2_normalize(zi), l2_normalize(zt)
   cols = _gather(zt, axis_name)
   stats = _row_stats(zi, cols, _global_labels(zi.shape[0], axis_name), scale, logit_bias,
@@ -204,18 +205,16 @@ def semclip_loss(zi: Array, zt: Array, zp: Array, zn: Array, logit_scale: Array,
   projection: [D, K] orthonormal columns P; the text terms compare p(z) = Pᵀz of unit z.
   image_margin_weight δ > 0 adds mean(max(0, m − (cos(zi, zt) − cos(zi, zn)))) with m =
   `image_margin` (ours, beyond the paper). `paper_compat` reproduces the official code's
-  contrastive term: raw (unnormalised) embeddings and an unclamped scale exp(logit_scale), where
-  the caller passes its separate temperature parameter as `logit_scale`.
+  contrastive term: raw (unnormalised) embeddings, where the caller passes its separate
+  temperature parameter as `logit_scale`.
   """
   weights = {"contrastive_loss": alpha, "para_loss": beta, "neg_loss": gamma,
              "margin_loss": image_margin_weight}
   if min(weights.values()) < 0 or sum(weights.values()) <= 0:
     raise ValueError(f"loss weights must be >= 0 with a positive sum, got {weights}")
   ni, nt, npara, nneg = (l2_normalize(z) for z in (zi, zt, zp, zn))
-  if paper_compat:
-    contrastive, metrics = _infonce(zi, zt, jnp.exp(logit_scale), axis_name, chunk_size)
-  else:
-    contrastive, metrics = _infonce(ni, nt, clip_scale(logit_scale), axis_name, chunk_size)
+  contrastive, metrics = _infonce(*((zi, zt) if paper_compat else (ni, nt)), jnp.exp(logit_scale),
+                                  axis_name, chunk_size)
 
   project = lambda z: l2_normalize(z @ projection) if normalize_projections else z @ projection
   pt, pp, pn = project(nt), project(npara), project(nneg)

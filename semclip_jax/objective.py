@@ -2,7 +2,9 @@
 
 `Objective` owns the loss-side state: SemCLIP's projection P (fixed by default, learnable on
 request), SigLIP's own scale and bias, and `paper_compat`'s separate temperature. The CLIP model's
-own `logit_scale` is passed in at call time. Every ablation is one config override:
+own `logit_scale` is passed in at call time. Only that one is kept within [0, log 100], by the
+train step after each update; the Objective's temperatures are never clamped, as in big_vision's
+SigLIP and the official SemCLIP code. Every ablation is one config override:
 `--config.loss.name=negation_only`.
 """
 

@@ -5,6 +5,11 @@ inside the trace only, so no Python graph traversal happens per step. The image 
 images and the text tower on all 3B captions (original, paraphrase, negation) in one call; the
 loss runs in `shard_map` (see `losses`). A step whose loss or gradient is not finite leaves
 parameters and optimizer state untouched and is counted.
+
+After each update the CLIP model's own `logit_scale` is clamped to [0, log 100], as CLIP and
+open_clip clamp theirs after each optimizer step; the losses use exp(logit_scale) unclamped, so
+its gradient is never cut. SigLIP's scale and `paper_compat`'s temperature are not clamped (their
+official code does not).
 """
 
 from __future__ import annotations
@@ -18,12 +23,14 @@ import optax
 from flax import nnx, struct
 from jax.sharding import Mesh
 
+from semclip_jax.losses import MAX_LOGIT_SCALE
 from semclip_jax.models.clip import CLIP
 from semclip_jax.objective import Objective
 from semclip_jax.optim import trainable_filter
-from semclip_jax.sharding import Rule, replicated, tree_shardings
+from semclip_jax.sharding import Rule, path_str, replicated, tree_shardings
 
 Batch = dict[str, jax.Array]  # "image": float [B, H, W, C]; "tokens": int32 [B, 3, L]
+MODEL_TEMPERATURE = "model.logit_scale"  # the clamped parameter's path in a Trainee's state
 
 
 class NonFiniteLossError(RuntimeError):
@@ -87,6 +94,16 @@ def _all_finite(tree: Any) -> jax.Array:
   return jnp.all(jnp.array([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
 
 
+def _clamp_temperature(params: nnx.State) -> nnx.State:
+  """`params` with the model's logit_scale clamped to [0, MAX_LOGIT_SCALE]; a no-op when frozen.
+
+  A frozen logit_scale lives in the state's `rest`, which this never sees, so it stays bitwise.
+  """
+  return jax.tree.map_with_path(
+      lambda path, x: jnp.clip(x, 0.0, MAX_LOGIT_SCALE) if path_str(path) == MODEL_TEMPERATURE
+      else x, params)
+
+
 def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, *,
                     mesh: Mesh | None = None, state_shardings: Any = None,
                     grad_accum_steps: int = 1, donate: bool = True
@@ -127,7 +144,7 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, *,
 
     def update(_):
       updates, opt_state = tx.update(grads, state.opt_state, state.params)
-      return optax.apply_updates(state.params, updates), opt_state
+      return _clamp_temperature(optax.apply_updates(state.params, updates)), opt_state
 
     # A branch, not a select per leaf: XLA would copy the all-finite test into each of the
     # hundreds of update fusions (minutes of compilation for ViT-B).

@@ -16,21 +16,21 @@ def np_xent_diag(logits):
   return np.mean(lse - logits[np.arange(len(logits)), np.arange(len(logits))])
 
 
-def np_clip(zi, zt, log_scale, normalize=True, clamp=True):
-  s = min(np.exp(log_scale), 100.0) if clamp else np.exp(log_scale)
+def np_clip(zi, zt, log_scale, normalize=True):
+  s = np.exp(log_scale)  # never clamped: the train step clamps the parameter instead
   a, b = (np_unit(zi), np_unit(zt)) if normalize else (np.float64(zi), np.float64(zt))
   logits = s * a @ b.T
   return 0.5 * (np_xent_diag(logits) + np_xent_diag(logits.T))
 
 
 def np_siglip(zi, zt, log_scale, bias):
-  logits = min(np.exp(log_scale), 100.0) * np_unit(zi) @ np_unit(zt).T + bias
+  logits = np.exp(log_scale) * np_unit(zi) @ np_unit(zt).T + bias
   signs = 2 * np.eye(len(zi)) - 1
   return np.sum(np.log1p(np.exp(-signs * logits))) / len(zi)
 
 
 def np_negclip(zi, zt, zn, log_scale):
-  s = min(np.exp(log_scale), 100.0)
+  s = np.exp(log_scale)
   i2t = s * np_unit(zi) @ np.concatenate([np_unit(zt), np_unit(zn)]).T
   t2i = s * np_unit(zt) @ np_unit(zi).T
   return 0.5 * (np_xent_diag(i2t) + np_xent_diag(t2i))
@@ -46,7 +46,7 @@ def np_semclip(zi, zt, zp, zn, log_scale, proj, alpha, beta, gamma, margin=0.2, 
   pt, pp, pn = (np_unit(z) @ proj for z in (zt, zp, zn))
   l_para = np.mean(1 - np_cos(pt, pp))
   l_neg = np.mean(np.maximum(np_cos(pt, pn), 0))
-  l_clip = np_clip(zi, zt, log_scale, normalize=not paper_compat, clamp=not paper_compat)
+  l_clip = np_clip(zi, zt, log_scale, normalize=not paper_compat)
   l_margin = np.mean(np.maximum(margin - (np_cos(zi, zt) - np_cos(zi, zn)), 0))
   return (alpha * l_clip + beta * l_para + gamma * l_neg + delta * l_margin) / (
       alpha + beta + gamma + delta)

@@ -1,4 +1,5 @@
-"""The train step: overfitting a fixed batch, frozen towers, accumulation, NaN skipping, bf16."""
+"""The train step: overfitting a fixed batch, frozen towers, accumulation, NaN skipping, bf16,
+the temperature's clamp."""
 
 import jax
 import jax.numpy as jnp
@@ -7,10 +8,11 @@ import optax
 import pytest
 from flax import nnx
 
-from semclip_jax import objective, optim, sharding, train_step
+from semclip_jax import losses, objective, optim, sharding, train_step
 from semclip_jax.models import create_clip, get_preset
 
 VISION = r"^model\.vision\."
+CAP = np.float32(losses.MAX_LOGIT_SCALE)  # log 100 as the float32 parameter holds it
 
 
 def _triples(seed=0, batch=16):
@@ -28,17 +30,44 @@ def _triples(seed=0, batch=16):
   return {"image": rng.normal(size=(batch, 32, 32, 3)).astype(np.float32), "tokens": tokens}
 
 
-def _setup(loss="semclip", freeze=(), lr=1e-3, dtype=jnp.float32, tx=None, **loss_overrides):
+def _setup(loss="semclip", freeze=(), lr=1e-3, dtype=jnp.float32, tx=None, model=None,
+           **loss_overrides):
   config = objective.default_config()
   config.update(name=loss, **loss_overrides)
-  trainee = train_step.Trainee(create_clip(get_preset("tiny"), seed=0, dtype=dtype),
-                               objective.Objective(config, 32))
+  if model is None:
+    model = create_clip(get_preset("tiny"), seed=0, dtype=dtype)
+  trainee = train_step.Trainee(model, objective.Objective(config, 32))
   if tx is None:
     opt = optim.default_config()
     opt.update(learning_rate=lr, warmup_steps=10, weight_decay=0.0, schedule="constant", freeze=freeze)
     tx = optim.make_optimizer(opt, 1000)
   graphdef, state = train_step.create_train_state(trainee, tx, freeze)
   return graphdef, state, tx
+
+
+def _with(tree, path, value):
+  """`tree` with its leaf at the dotted `path` set to `value`."""
+  return jax.tree.map_with_path(
+      lambda p, x: jnp.asarray(value, x.dtype) if sharding.path_str(p) == path else x, tree)
+
+
+def _leaf(tree, path):
+  return next(np.asarray(x) for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]
+              if sharding.path_str(p) == path)
+
+
+class _FixedEmbeddings(nnx.Module):
+  """CLIP's interface returning given embeddings whatever the batch: alignment chosen exactly."""
+
+  def __init__(self, zi, zt, logit_scale):
+    self.zi, self.zt = nnx.Variable(jnp.asarray(zi)), nnx.Variable(jnp.asarray(zt))
+    self.logit_scale = nnx.Param(jnp.asarray(logit_scale, jnp.float32))
+
+  def encode_image(self, images):
+    return self.zi[...]
+
+  def encode_text(self, tokens):  # [3B, L] -> [3B, D]; a pair's three captions embed alike
+    return jnp.repeat(self.zt[...], 3, axis=0)
 
 
 def test_overfits_a_fixed_batch():
@@ -171,3 +200,51 @@ def test_unknown_loss_and_bad_token_shape():
 def test_k1_projection_warns():
   with pytest.warns(UserWarning, match="sign tests"):
     _setup(num_projection_vectors=1)
+
+
+def test_temperature_gets_its_full_gradient_at_and_above_the_cap():
+  # Only the temperature trains, by SGD, so its update is exactly -lr * its gradient.
+  lr, name = 1e-3, "model.logit_scale"
+  graphdef, state, tx = _setup(loss="clip", freeze=(r"^model\.(vision|text)\.",), tx=optax.sgd(lr))
+  step = train_step.make_train_step(graphdef, tx, donate=False)
+  batch = jax.tree.map(jnp.asarray, _triples())
+  starts = [np.float32(s) for s in (CAP - 1e-3, CAP, CAP + 1e-3, CAP + 1.0)]
+  results = [step(state.replace(params=_with(state.params, name, s)), batch) for s in starts]
+  after = [_leaf(new.params, name) for new, _ in results]
+  # The reference derivative at the cap: the step's own losses on either side, no autodiff.
+  (_, below), (_, above) = results[0], results[2]
+  slope = (float(above["loss"]) - float(below["loss"])) / float(starts[2] - starts[0])
+  assert slope > 0  # random towers, unaligned batch: a softer softmax lowers the loss
+  # A clamp in the forward pass would halve the gradient at the cap and zero it above.
+  for s0, s1 in zip(starts[:3], after[:3]):
+    assert float(s0 - s1) / lr == pytest.approx(slope, rel=2e-3)
+  assert after[3] == CAP  # from far above, the update then the clamp
+
+
+def test_model_temperature_is_clamped_at_the_cap_and_compat_temperature_is_not():
+  # Unit embeddings where each positive beats every negative by a cosine of about 0.05: perfectly
+  # aligned, yet not saturated at scale 100 (logit gaps of 5), so the loss keeps pushing up.
+  b, d = 16, 32
+  zi = np.eye(b, d, dtype=np.float32)
+  zt = 0.05 * np.eye(b, d, dtype=np.float32)
+  zt[:, -1] = 1.0
+  zt /= np.linalg.norm(zt, axis=1, keepdims=True)  # raw dots = cosines, for paper_compat too
+  assert jax.grad(lambda s: losses.clip_loss(zi, zt, s)[0])(CAP) < 0
+  batch = jax.tree.map(jnp.asarray, _triples(batch=b))
+  for compat in (False, True):
+    # paper_compat trains its own temperature; the model's, frozen above the cap, stays put.
+    model = _FixedEmbeddings(zi, zt, CAP + 1 if compat else CAP)
+    graphdef, state, tx = _setup(loss="clip", model=model, paper_compat=compat,
+                                 freeze=(r"^model\.logit_scale$",) if compat else ())
+    name = "objective.compat_logit_scale" if compat else "model.logit_scale"
+    state = state.replace(params=_with(state.params, name, CAP))  # compat's init is log(1/0.07)
+    step = train_step.make_train_step(graphdef, tx)
+    values = []
+    for _ in range(8):
+      state, _ = step(state, batch)
+      values.append(_leaf(state.params, name))
+    if compat:
+      assert values[-1] > CAP + 1e-3  # Adam pushed it beyond log 100, unclamped
+      np.testing.assert_array_equal(_leaf(state.rest, "model.logit_scale"), np.float32(CAP + 1))
+    else:
+      assert max(values) <= CAP and values[-1] == CAP
