@@ -33,13 +33,16 @@ def default_config() -> ml_collections.ConfigDict:
   c.learning_rate = 5e-5  # peak learning rate
   c.schedule = "cosine"  # after warmup: "cosine" (to 0 at the last step) or "constant"
   c.warmup_steps = 50  # linear warmup from 0
-  c.weight_decay = 0.2  # AdamW's decoupled decay, masked by NO_DECAY
+  c.weight_decay = 0.2  # AdamW's decoupled decay, masked by NO_DECAY unless decay_all
   c.b1 = 0.9
   c.b2 = 0.999
   c.eps = 1e-8
   c.grad_clip_norm = 1.0  # global-norm clipping; 0 disables
   c.freeze = ()  # regexes over dotted parameter paths, e.g. (r"^model\.vision\.",) (the paper)
   c.decay_compat_temperature = True  # paper_compat: its temperature is decayed, as in the paper
+  # paper_compat: decay every trainable tensor (NO_DECAY ignored, temperatures included), as the
+  # official code's AdamW over all of self.parameters(); frozen tensors still get no update.
+  c.decay_all = False
   c.grad_accum_steps = 1  # micro-batches per update (see module docstring)
   return c
 
@@ -54,10 +57,16 @@ def trainable_filter(patterns: Sequence[str]) -> nnx.filterlib.Filter:
   return nnx.All(nnx.Param, lambda path, _: not is_frozen(path, patterns))
 
 
-def decay_mask(params: Any, decay_compat_temperature: bool = True) -> Any:
-  """Tree of bools over `params`: True where weight decay applies."""
+def decay_mask(params: Any, decay_compat_temperature: bool = True, decay_all: bool = False) -> Any:
+  """Tree of bools over `params`: True where weight decay applies.
+
+  `decay_all` overrides both NO_DECAY and `decay_compat_temperature`: the official code hands all
+  its parameters to one AdamW group, so nothing trainable escapes the decay.
+  """
 
   def decays(path, _):
+    if decay_all:
+      return True
     name = path_str(path)
     if name.endswith("compat_logit_scale"):
       return decay_compat_temperature
@@ -81,7 +90,8 @@ def make_optimizer(config: ml_collections.ConfigDict, total_steps: int) -> optax
   """Clip by global norm, then AdamW with the schedule and the decay mask."""
   adamw = optax.adamw(learning_rate_schedule(config, total_steps), b1=config.b1, b2=config.b2,
                       eps=config.eps, weight_decay=config.weight_decay,
-                      mask=lambda p: decay_mask(p, config.decay_compat_temperature))
+                      mask=lambda p: decay_mask(p, config.decay_compat_temperature,
+                                                config.decay_all))
   if config.grad_clip_norm:
     return optax.chain(optax.clip_by_global_norm(config.grad_clip_norm), adamw)
   return adamw

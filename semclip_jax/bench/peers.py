@@ -283,7 +283,8 @@ class PeerStep:
   def _parameter_groups(self, trainee, config) -> tuple[bool, list[dict[str, Any]]]:
     """(image tower frozen?, AdamW groups): frozen and decayed sets are read off our optimizer."""
     params = nnx.state(trainee, nnx.Param)
-    decay_mask = optim.decay_mask(params, config.optim.decay_compat_temperature)
+    decay_temperature = config.optim.decay_compat_temperature or config.optim.decay_all
+    decay_mask = optim.decay_mask(params, decay_temperature, config.optim.decay_all)
     decayed = {path_str(p) for p, v in jax.tree_util.tree_flatten_with_path(decay_mask)[0] if v}
     ours = our_paths_by_hf_name(self.model_config)
     decay, no_decay, frozen = [], [], set()
@@ -303,7 +304,7 @@ class PeerStep:
     if frozen not in (set(), visual):
       raise ValueError("the peer freezes the whole image tower or nothing; the config freezes "
                        f"{sorted(frozen)[:4]} ...")
-    (decay if config.optim.decay_compat_temperature else no_decay).append(self.temperature)
+    (decay if decay_temperature else no_decay).append(self.temperature)
     groups = [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}]
     return frozen == visual and bool(visual), groups
 
