@@ -8,7 +8,8 @@ Prepare the shards once (img2dataset WebDataset tars + the LLM triples file):
 Launch on a pod slice (see launch/tpu_pod.sh) or a GPU node (launch/gpu_slurm.sh):
 
   python -m semclip_jax.main --config=configs/cc3m.py --workdir=gs://bucket/runs/cc3m_semclip \\
-      --config.data.path=gs://bucket/cc3m/train --config.data.eval_path=gs://bucket/cc3m/val
+      --config.data.path=gs://bucket/cc3m/train --config.data.eval_path=gs://bucket/cc3m/val \\
+      --config.data.test_path=gs://bucket/cc3m/test
   # FSDP over 4 devices per replica: --config.mesh.fsdp=4; from pretrained: --config.model.init_from=...
   python -m semclip_jax.main --config=configs/cc3m.py:runlocal --workdir=/tmp/cc3m_smoke ...
 """
@@ -35,14 +36,16 @@ def get_config(arg: str | None = None):
   c.total_steps = 20_000  # ~27 epochs of CC3M's ~3M triples
   c.data.kind = "array_record"
   c.data.path = ""  # folder of training shards (required)
-  c.data.eval_path = ""  # folder of evaluation shards (required)
+  c.data.eval_path = ""  # folder of validation shards (required): periodic evals, best checkpoint
+  c.data.test_path = ""  # folder of test shards (required; or --config.data.test_split="")
   c.data.worker_count = 4  # per process: with one process per GPU, 8 processes share a node
   c.data.worker_buffer_size = 4
   c.mesh.data, c.mesh.fsdp = -1, 1
   c.checkpoint.every_steps = 1000
   c.checkpoint.keep = 3
   c.checkpoint.keep_best = 1
-  c.checkpoint.best_metric = "ccneg/accuracy"
+  c.checkpoint.best_metric = "val/ccneg/accuracy"
   c.evals.ccneg = dict(type="ccneg", every_steps=2000)
   c.evals.retrieval = dict(type="retrieval", every_steps=2000)
+  c.evals.zeroshot = config_lib.zeroshot_with_negated_prompts()
   return config_lib.apply_argument(c, arg)

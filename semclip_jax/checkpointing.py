@@ -32,12 +32,16 @@ class Checkpointer:
     if best_mode not in ("max", "min"):
       raise ValueError(f"checkpoint.best_mode must be 'max' or 'min', got {best_mode!r}")
     policies = [ocp.checkpoint_managers.LatestN(keep)]
+    metric_of = lambda metrics: metrics[best_metric]
     if keep_best:
       policies.append(ocp.checkpoint_managers.BestN(
-          get_metric_fn=lambda metrics: metrics[best_metric], reverse=best_mode == "min",
-          n=keep_best, keep_checkpoints_without_metrics=False))
+          get_metric_fn=metric_of, reverse=best_mode == "min", n=keep_best,
+          keep_checkpoints_without_metrics=False))
+    # best_fn makes orbax write each checkpoint's metrics to disk (<step>/metrics): without it
+    # they live in memory only, and a resumed run's BestN would find none to rank by.
     options = ocp.CheckpointManagerOptions(
         preservation_policy=ocp.checkpoint_managers.AnyPreservationPolicy(policies),
+        best_fn=metric_of if best_metric else None, best_mode=best_mode,
         enable_async_checkpointing=async_save, create=True)
     self.directory = os.path.abspath(directory)
     self._manager = ocp.CheckpointManager(self.directory, options=options, item_names=(STATE, DATA))
@@ -47,6 +51,10 @@ class Checkpointer:
 
   def all_steps(self) -> list[int]:
     return list(self._manager.all_steps())
+
+  def best_step(self) -> int | None:
+    """The step whose saved metrics are best by `best_metric` (the latest without one)."""
+    return self._manager.best_step()
 
   def save(self, step: int, state: Any, data_state: dict[str, Any] | None,
            metrics: dict[str, float] | None = None) -> None:

@@ -1,6 +1,6 @@
 """Score any checkpoint or Hugging Face CLIP, and compare runs side by side.
 
-  # a training run's workdir: its config's evaluators on its latest checkpoint
+  # a training run's workdir: its config's evaluators on its latest checkpoint, test split
   python -m semclip_jax.evaluate --model=/tmp/shapes
   # any Hugging Face CLIP folder or hub id, on a triples CSV (paper layout) and its images
   python -m semclip_jax.evaluate --model=openai/clip-vit-base-patch32 --tasks=ccneg,retrieval \\
@@ -36,7 +36,7 @@ def config_for_model(args: argparse.Namespace) -> tuple[ml_collections.ConfigDic
   if args.tasks:
     config.evals = {task: {"type": task} for task in args.tasks.split(",")}
   for flag, field in (("data_kind", "kind"), ("data_path", "path"), ("image_dir", "image_dir"),
-                      ("layout", "layout"), ("split", "eval_split"), ("batch_size", "batch_size")):
+                      ("layout", "layout"), ("split", "test_split"), ("batch_size", "batch_size")):
     if getattr(args, flag) is not None:
       config.data[field] = getattr(args, flag)
   if config.data.layout == "ccneg" and config.data.kind == "csv":
@@ -57,7 +57,8 @@ def main(argv: Sequence[str] | None = None) -> int:
   parser.add_argument("--data_path")
   parser.add_argument("--image_dir")
   parser.add_argument("--layout")
-  parser.add_argument("--split", help="the split evaluated (default test)")
+  parser.add_argument("--split", help="the split scored as the test round (default test); results "
+                      "are keyed test/<task>/<metric>")
   parser.add_argument("--batch_size", type=int)
   args = parser.parse_args(argv)
   if bool(args.model) == bool(args.report):

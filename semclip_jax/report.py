@@ -1,10 +1,16 @@
 """The evaluation report: runs side by side as a Markdown table, JSON, and PNG plots.
 
-Reads each run folder's `results.json` (written by training or `--mode=eval`), `metrics.jsonl`
-(training curves) and `similarities_<eval>.npz` (per-item cosines of the ccneg evaluator), and
-writes into `out_dir`: `results.json` (run -> metrics), `report.md` (one column per run), and
-`similarities.png` (histograms of cos(image, original / paraphrase / negation) per run),
-`benchmarks.png` (bars of the headline metrics) and `training.png` (loss curves).
+Reads each run folder's `results.json` (written by training or `--mode=eval`; metrics keyed
+`val/<eval>/<metric>` for the validation rounds and `test/<eval>/<metric>` for the test split,
+scored once at the end), `metrics.jsonl` (training curves) and `similarities_<eval>.npz` (per-item
+cosines of the ccneg evaluator's test round), and writes into `out_dir`: `results.json`
+(run -> metrics), `report.md` (one row per metric, one column per run), and
+- `similarities.png`: one column per run; the top row holds histograms of cos(image, original /
+  paraphrase / negation), the row below histograms of the text–text cosines cos(original,
+  paraphrase) and cos(original, negation) (the paper's distance analysis). Runs whose npz predates
+  the text–text cosines get a note in that row; when no run has them the row is left out.
+- `benchmarks.png`: bars of the HEADLINE metrics (the test split's).
+- `training.png`: loss curves.
 """
 
 from __future__ import annotations
@@ -16,9 +22,18 @@ from typing import Sequence
 
 import numpy as np
 
-HEADLINE = ("ccneg/accuracy", "retrieval/t2i_top1_original", "retrieval/t2i_top1_paraphrase",
-            "sugarcrepe_pp/overall/itt", "sugarcrepe_pp/overall/tot", "zeroshot/mean/delta")
-KINDS = {"caption": "original", "paraphrase": "paraphrase", "negation": "negation"}
+HEADLINE_SPLIT = "test"  # the bars compare runs on the held-out split, never on validation
+HEADLINE = tuple(f"{HEADLINE_SPLIT}/{metric}" for metric in (
+    "ccneg/accuracy", "retrieval/t2i_recall@1_original", "retrieval/t2i_recall@1_paraphrase",
+    "sugarcrepe_pp/overall/itt", "sugarcrepe_pp/overall/tot", "zeroshot/mean/delta"))
+# The npz keys of the ccneg evaluator's similarities (evaluators/ccneg.py) with their plot labels,
+# one dict per row of similarities.png.
+IMAGE_TEXT = {"caption": "image vs original", "paraphrase": "image vs paraphrase",
+              "negation": "image vs negation"}
+TEXT_TEXT = {"original_paraphrase": "original vs paraphrase",
+             "original_negation": "original vs negation"}
+KINDS = {**IMAGE_TEXT, **TEXT_TEXT}  # every key the evaluator stores
+SIMILARITY_ROWS = {"image-text": IMAGE_TEXT, "text-text": TEXT_TEXT}
 
 
 def run_name(folder: str) -> str:
@@ -53,23 +68,37 @@ def _plt():
   return plt
 
 
-def plot_similarities(folders: Sequence[str], path: str) -> bool:
+def plot_similarities(folders: Sequence[str], path: str) -> tuple[str, ...]:
+  """Histograms of each run's per-item cosines; returns the SIMILARITY_ROWS drawn (() if none).
+
+  A row is drawn when any run's npz holds its keys; older npz files without the text–text keys
+  still render their image–text row.
+  """
   files = {run_name(f): sorted(glob.glob(os.path.join(f, "similarities_*.npz"))) for f in folders}
-  files = {name: found[0] for name, found in files.items() if found}
-  if not files:
-    return False
+  cosines = {name: dict(np.load(found[0])) for name, found in files.items() if found}
+  rows = tuple(row for row, kinds in SIMILARITY_ROWS.items()
+               if any(kind in c for c in cosines.values() for kind in kinds))
+  if not rows:
+    return ()
   plt = _plt()
-  fig, axes = plt.subplots(1, len(files), figsize=(5 * len(files), 3.5), squeeze=False)
-  for ax, (name, file) in zip(axes[0], files.items()):
-    cosines = np.load(file)
-    for kind, label in KINDS.items():
-      ax.hist(cosines[kind], bins=40, alpha=0.5, label=f"image vs {label}")
-    ax.set(title=name, xlabel="cosine similarity", ylabel="items")
-    ax.legend()
+  fig, axes = plt.subplots(len(rows), len(cosines), figsize=(5 * len(cosines), 3.5 * len(rows)),
+                           squeeze=False)
+  for r, row in enumerate(rows):
+    for ax, (name, values) in zip(axes[r], cosines.items()):
+      kinds = {kind: label for kind, label in SIMILARITY_ROWS[row].items() if kind in values}
+      if not kinds:
+        ax.text(0.5, 0.5, f"no {row} cosines\n(the npz predates them)",
+                ha="center", va="center", transform=ax.transAxes)
+        ax.set(title=f"{name}: {row}", xticks=[], yticks=[])
+        continue
+      for kind, label in kinds.items():
+        ax.hist(values[kind], bins=40, alpha=0.5, label=label)
+      ax.set(title=f"{name}: {row}", xlabel="cosine similarity", ylabel="items")
+      ax.legend()
   fig.tight_layout()
   fig.savefig(path, dpi=100)
   plt.close(fig)
-  return True
+  return rows
 
 
 def plot_benchmarks(results: dict[str, dict[str, float]], path: str) -> bool:
@@ -82,7 +111,9 @@ def plot_benchmarks(results: dict[str, dict[str, float]], path: str) -> bool:
   for i, (name, values) in enumerate(results.items()):
     ax.bar(np.arange(len(metrics)) + i * width, [values.get(m, np.nan) for m in metrics], width,
            label=name)
-  ax.set_xticks(np.arange(len(metrics)) + 0.4 - width / 2, metrics, rotation=20, ha="right")
+  labels = [m.removeprefix(f"{HEADLINE_SPLIT}/") for m in metrics]
+  ax.set_xticks(np.arange(len(metrics)) + 0.4 - width / 2, labels, rotation=20, ha="right")
+  ax.set(title=f"{HEADLINE_SPLIT} split")
   ax.legend()
   fig.tight_layout()
   fig.savefig(path, dpi=100)

@@ -24,13 +24,15 @@ from flax import nnx
 from semclip_jax import checkpointing, hf, objective, optim, sharding, train_step
 from semclip_jax import data as data_lib
 from semclip_jax.data import input_pipeline
-from semclip_jax.evaluators import EVALUATORS, Encoder, EvalRound, make_evaluator
+from semclip_jax.evaluators import (EVALUATORS, Encoder, EvalRound, make_evaluator, missing_data,
+                                    reads_own_data)
 from semclip_jax.metrics_writer import MetricsWriter, results_table
 from semclip_jax.models import create_clip, get_preset
 from semclip_jax.models.layers import REMAT_POLICIES, set_remat
 
 logger = logging.getLogger(__name__)
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+VAL, TEST = "val", "test"  # result key prefixes: validation rounds (selection) and the test round
 
 
 # ----------------------------------------------------------------------------------------------
@@ -51,10 +53,40 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None
                      f"divisible by the {num_devices} devices")
   if config.total_steps <= 0:
     raise ValueError(f"config.total_steps must be positive, got {config.total_steps}")
+  _validate_evals(config)
+
+
+def _validate_evals(config: ml_collections.ConfigDict) -> None:
+  """Model selection sees validation data only: the test split is scored once, at the end."""
+  val_split, test_split = config.data.eval_split, config.data.test_split
+  if val_split and val_split == test_split:
+    raise ValueError(f"config.data.eval_split={val_split!r} is also config.data.test_split: the "
+                     "validation split chooses checkpoints and must not be the test split")
   for name, eval_config in config.evals.items():
     if eval_config.get("type") not in EVALUATORS:
       raise ValueError(f"config.evals.{name}.type={eval_config.get('type')!r} is not one of "
                        f"{sorted(EVALUATORS)}")
+    if eval_config.get("ks") and eval_config.type not in ("retrieval", "official"):
+      raise ValueError(f"config.evals.{name}.ks: only retrieval and official evaluators take ks")
+    overridden = {"eval_split", "test_split"} & set(eval_config.get("data", {}))
+    if overridden:
+      raise ValueError(f"config.evals.{name}.data.{sorted(overridden)[0]}: an evaluator reads the "
+                       f"run's splits; give it a fixed split with config.evals.{name}.split")
+    if eval_config.get("every_steps") and (reads_own_data(eval_config) or not val_split):
+      why = ("reads test data of its own, scored once at the end" if reads_own_data(eval_config)
+             else "has no validation split to read (config.data.eval_split is empty)")
+      raise ValueError(f"config.evals.{name}.every_steps={eval_config.every_steps}: {name} {why}")
+  metric = config.checkpoint.best_metric
+  if metric:
+    role, _, rest = metric.partition("/")
+    name = rest.partition("/")[0]
+    if role != VAL:
+      raise ValueError(f"config.checkpoint.best_metric={metric!r}: the best checkpoint is chosen "
+                       "on validation metrics only, 'val/<eval>/<metric>' (e.g. "
+                       "'val/ccneg/accuracy'); the test split is scored once, at the end")
+    if name not in config.evals or reads_own_data(config.evals[name]) or not val_split:
+      raise ValueError(f"config.checkpoint.best_metric={metric!r} names no evaluator scored on "
+                       f"the validation split; config.evals has {sorted(config.evals)}")
 
 
 def eval_data_config(config: ml_collections.ConfigDict, image_size: int | None = None
@@ -119,8 +151,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
   # ---- data ----------------------------------------------------------------------------------
   train_source = data_lib.make_source(config.data, split=config.data.train_split)
-  evaluators = {name: (c, make_evaluator(c, eval_data_config(config)))
-                for name, c in config.evals.items()}
+  val_evaluators, test_evaluators = build_evaluators(config, eval_data_config(config))
   pipeline = input_pipeline.make_pipeline(train_source, config.data, train=True, mesh=mesh)
 
   # ---- model and optimizer, restore -----------------------------------------------------------
@@ -143,9 +174,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   # Jitted once for the run; each round passes the current (params, rest) straight in.
   encoder = Encoder(graphdef, current_model().config, model_of=lambda trainee: trainee.model)
 
-  def run_evals(step: int, names) -> dict[str, float]:
+  def run_evals(step: int, names, test: bool = False) -> dict[str, float]:
+    """Validation metrics of `names` (and with `test`, the test round) from one round."""
     round_ = EvalRound(encoder, (state.params, state.rest), mesh)
-    results = evaluate_model({n: evaluators[n][1] for n in names}, round_, workdir)
+    results = evaluate_model({n: val_evaluators[n] for n in names}, round_, workdir, VAL)
+    if test:
+      results.update(evaluate_model(test_evaluators, round_, workdir, TEST))
     if results:
       writer.write(step, results)
     return results
@@ -181,8 +215,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
           progress.set_postfix(loss=f"{metrics['loss']:.4f}", samples_s=f"{metrics['samples_per_s']:.0f}")
       if progress is not None:
         progress.update(1)
-      due = [n for n, (c, _) in evaluators.items()
-             if c.get("every_steps") and step % c.every_steps == 0 and step < config.total_steps]
+      due = [n for n in val_evaluators if config.evals[n].get("every_steps")
+             and step % config.evals[n].every_steps == 0 and step < config.total_steps]
       eval_results = run_evals(step, due) if due else {}
       if step % config.checkpoint.every_steps == 0 and step < config.total_steps:
         checkpointer.save(step, state, pipeline.get_state(), _best_metrics(config, eval_results))
@@ -193,7 +227,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       return {}
 
     # ---- end ---------------------------------------------------------------------------------
-    eval_results = run_evals(step, list(evaluators))
+    eval_results = run_evals(step, list(val_evaluators), test=True)
     if checkpointer.latest_step() != step:
       checkpointer.save(step, state, pipeline.get_state(), _best_metrics(config, eval_results))
     checkpointer.wait()
@@ -216,18 +250,39 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     checkpointer.close()
 
 
-def evaluate_model(evaluators: dict[str, Any], round_: EvalRound, workdir: str
+def build_evaluators(config: ml_collections.ConfigDict, data: ml_collections.ConfigDict
+                     ) -> tuple[dict[str, Any], dict[str, Any]]:
+  """({name: evaluator of the validation split}, {name: evaluator of the test split, or of data
+  of its own}). Built before training, so a missing file fails before the first step; an
+  evaluator whose own data the config leaves empty is skipped with one line naming the field."""
+  val, test = {}, {}
+  for name, eval_config in config.evals.items():
+    if reads_own_data(eval_config):
+      field = missing_data(name, eval_config, data)
+      if field:
+        logger.warning("evals.%s (%s) skipped: %s is not set", name, eval_config.type, field)
+      else:
+        test[name] = make_evaluator(eval_config, data)
+      continue
+    if config.data.eval_split:
+      val[name] = make_evaluator(eval_config, data, config.data.eval_split)
+    if config.data.test_split:
+      test[name] = make_evaluator(eval_config, data, config.data.test_split)
+  return val, test
+
+
+def evaluate_model(evaluators: dict[str, Any], round_: EvalRound, workdir: str, prefix: str
                    ) -> dict[str, float]:
-  """Runs evaluators in one round (parameters bound to the run's encoder): {"<name>/<metric>":
-  value}; evaluators reading the same data share the round's one pass over it. Per-item
-  similarities an evaluator keeps (ccneg) are saved as workdir/similarities_<name>.npz for the
-  report's histograms."""
+  """Runs evaluators in one round (parameters bound to the run's encoder):
+  {"<prefix>/<name>/<metric>": value}; evaluators reading the same data share the round's one
+  pass over it. Per-item similarities an evaluator keeps (ccneg) in a test round are saved as
+  workdir/similarities_<name>.npz for the report's histograms."""
   results = {}
   for name, evaluator in evaluators.items():
     for key, value in evaluator.evaluate(round_):
-      results[f"{name}/{key}"] = float(value)
+      results[f"{prefix}/{name}/{key}"] = float(value)
     similarities = getattr(evaluator, "similarities", None)
-    if similarities and jax.process_index() == 0:
+    if similarities and prefix == TEST and jax.process_index() == 0:
       os.makedirs(workdir, exist_ok=True)
       np.savez(os.path.join(workdir, f"similarities_{name}.npz"), **similarities)
   return results
@@ -292,13 +347,15 @@ def restore_model(config: ml_collections.ConfigDict, workdir: str, mesh):
 
 
 def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
-  """Runs the config's evaluators on the latest checkpoint (or init_from); writes results.json."""
+  """The test round of the config's evaluators (config.data.test_split, and evaluators reading
+  data of their own) on the latest checkpoint (or init_from); writes results.json."""
   mesh = make_mesh(config)
   validate_config(config, mesh.size)
+  if not config.data.test_split:
+    raise ValueError("config.data.test_split is empty: --mode=eval scores the test split")
   model, step = restore_model(config, workdir, mesh)
-  data = eval_data_config(config, model.config.vision.image_size)
-  evaluators = {name: make_evaluator(c, data) for name, c in config.evals.items()}
-  results = evaluate_model(evaluators, EvalRound.of_model(model, mesh), workdir)
+  _, evaluators = build_evaluators(config, eval_data_config(config, model.config.vision.image_size))
+  results = evaluate_model(evaluators, EvalRound.of_model(model, mesh), workdir, TEST)
   if jax.process_index() == 0:
     write_results(workdir, step, results, f"evaluation of step {step}")
   return results

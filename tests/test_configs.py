@@ -64,7 +64,7 @@ def test_unknown_loss_name_is_refused_before_compiling():
     train.validate_config(config, 8)
 
 
-def test_ccneg_runlocal_trains_on_a_csv(tmp_path):
+def test_ccneg_runlocal_trains_on_a_csv(tmp_path, caplog):
   rng = np.random.default_rng(0)
   (tmp_path / "images").mkdir()
   with open(tmp_path / "ccneg.csv", "w", newline="") as f:
@@ -81,5 +81,54 @@ def test_ccneg_runlocal_trains_on_a_csv(tmp_path):
   config.data.ccneg_official = False
   config.mesh.num_devices = 1
   results = train.train_and_evaluate(config, str(tmp_path / "work"))
-  assert results["ccneg/items"] == 6  # the image-level test split: 10% of 60 images
-  assert 0.0 <= results["ccneg/accuracy"] <= 1.0
+  assert results["test/ccneg/items"] == 6  # the image-level test split: 10% of 60 images
+  assert results["val/ccneg/items"] == 6
+  assert 0.0 <= results["test/ccneg/accuracy"] <= 1.0
+  # The cross-benchmark and zero-shot wait for their data: skipped, each with one line.
+  assert not any(k.startswith(("test/zeroshot", "test/sugarcrepe_pp")) for k in results)
+  skipped = [r.getMessage() for r in caplog.records if "skipped" in r.getMessage()]
+  assert sorted(skipped) == [
+      "evals.sugarcrepe_pp (sugarcrepe_pp) skipped: config.evals.sugarcrepe_pp.data.image_dir is "
+      "not set", "evals.zeroshot (zeroshot) skipped: config.evals.zeroshot.data_dir is not set"]
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("checkpoint.best_metric", "test/ccneg/accuracy",
+     r"config\.checkpoint\.best_metric='test/ccneg/accuracy': .* validation metrics only"),
+    ("checkpoint.best_metric", "ccneg/accuracy", r"config\.checkpoint\.best_metric='ccneg/"),
+    ("checkpoint.best_metric", "val/zeroshot/mean/delta", r"names no evaluator scored on the val"),
+    ("data.eval_split", "test", r"config\.data\.eval_split='test' is also config\.data\.test_split"),
+    ("evals.zeroshot.every_steps", 250, r"config\.evals\.zeroshot\.every_steps=250: .* test data"),
+    ("evals.ccneg.data", {"eval_split": "test"}, r"config\.evals\.ccneg\.data\.eval_split"),
+])
+def test_selection_on_the_test_split_is_refused_before_compiling(field, value, message):
+  config = load("ccneg")
+  train.validate_config(config, 8)
+  assert config.checkpoint.best_metric == "val/ccneg/accuracy"
+  *sections, key = field.split(".")
+  node = config
+  for section in sections:
+    node = node[section]
+  node[key] = value
+  with pytest.raises(ValueError, match=message):
+    train.validate_config(config, 8)
+
+
+@pytest.mark.parametrize("name", ["ccneg", "sugarcrepe_pp"])
+def test_paper_compat_is_one_argument_and_each_part_a_field(name):
+  ours, compat = load(name), load(name, "paper_compat")
+  parts = {"loss.paper_compat": True, "optim.decay_all": True, "data.resize": "squash",
+           "data.normalization": "imagenet", "data.split_by": "rows", "data.split_seed": 42,
+           "data.ccneg_official": False}
+  get = lambda c, path: c[path.split(".")[0]][path.split(".")[1]]
+  for path, value in parts.items():
+    assert get(compat, path) == value, path
+    assert get(ours, path) != value or (path, name) == ("data.ccneg_official", "sugarcrepe_pp")
+  assert compat.evals.official.type == "official" and tuple(compat.evals.official.ks) == (1, 3, 5)
+  assert tuple(compat.evals.retrieval.ks) == (1, 3, 5) and "official" not in ours.evals
+  # Any part switches back on its own; the others stay.
+  compat.data.split_by = "image"
+  assert compat.loss.paper_compat and compat.data.resize == "squash"
+  train.validate_config(compat, 8)
+  both = load(name, "paper_compat,runlocal")
+  assert both.loss.paper_compat and both.model.preset == "tiny" and both.total_steps <= 20

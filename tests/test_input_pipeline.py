@@ -1,7 +1,12 @@
-"""Sources and the grain pipeline: keys and shapes, determinism, sharding, exact resume, bad input."""
+"""Sources and the grain pipeline: keys and shapes, image keys, transforms against references,
+splits (by image, the official row split, CC-Neg's), determinism, sharding, exact resume, bad
+input."""
 
 import csv
+import hashlib
+import io
 import json
+import logging
 
 import numpy as np
 import pytest
@@ -71,8 +76,9 @@ def test_csv_source_yields_documented_keys(tmp_path):
   path, images = _write_dataset(tmp_path)
   source = sources.csv_source(str(path), str(images), split=None)
   record = source[0]
-  assert set(record) == {"id", "image", "caption", "paraphrase", "negation"}
+  assert set(record) == {"id", "image_key", "image", "caption", "paraphrase", "negation"}
   assert isinstance(record["image"], bytes) and record["caption"] == "a photo number 0"
+  assert record["image_key"] == "000.jpg"
   assert len(source) == N
 
 
@@ -81,14 +87,99 @@ def test_batches_have_configured_shapes(tmp_path, tokenizer, train):
   path, images = _write_dataset(tmp_path)
   source = sources.csv_source(str(path), str(images), split=None)
   batch = _take(input_pipeline.make_pipeline(source, _config(), train=train, tokenizer=tokenizer), 1)[0]
-  assert set(batch) == {"image", "tokens", "id"}
+  assert set(batch) == {"image", "tokens", "id", "image_key"}
   assert batch["image"].shape == (4, 16, 16, 3) and batch["image"].dtype == np.float32
   assert batch["tokens"].shape == (4, 3, 12) and batch["tokens"].dtype == np.int32
-  assert batch["id"].shape == (4,)
+  assert batch["id"].shape == batch["image_key"].shape == (4,)
   row = list(batch["id"]).index(batch["id"][0])
   caption = source.triples[int(str(batch["id"][row]).split(":")[1]) - 2]
   np.testing.assert_array_equal(batch["tokens"][row], tokenizer(
       [caption.caption, caption.paraphrase, caption.negation], context_length=12))
+
+
+def _batch_of(records, config, train, tokenizer):
+  """The one batch the pipeline makes of `records` (a list is a random-access source)."""
+  pipeline = input_pipeline.make_pipeline(records, config, train=train, tokenizer=tokenizer,
+                                          process_index=0, process_count=1)
+  return _take(pipeline, 1)[0]
+
+
+def test_image_key_names_the_image_file(tmp_path, tokenizer):
+  path, images = _write_dataset(tmp_path, n=6)
+  with open(path, newline="", encoding="utf-8") as f:
+    rows = list(csv.DictReader(f))
+  for row, name in zip(rows, ["000.jpg", "001.jpg", "000.jpg", "002.jpg", "001.jpg", "003.jpg"]):
+    row["filename"] = name
+  with open(path, "w", newline="", encoding="utf-8") as f:
+    writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+  source = sources.csv_source(str(path), str(images), split=None)
+  batch = _batch_of(source, _config(batch_size=6), False, tokenizer)
+  by_id = dict(zip(batch["id"], batch["image_key"]))
+  assert batch["image_key"].dtype.kind == batch["id"].dtype.kind == "U"  # numpy strings
+  assert [by_id[f"triples.csv:{row}"] for row in range(2, 8)] == [r["filename"] for r in rows]
+
+
+def test_array_record_image_key_is_stored_else_the_content_hash(tmp_path, tokenizer):
+  # pylint: disable-next=import-outside-toplevel
+  from array_record.python.array_record_module import ArrayRecordWriter
+
+  jpegs = []
+  for seed in range(3):
+    out = io.BytesIO()
+    Image.fromarray(np.random.default_rng(seed).integers(0, 256, (12, 9, 3), dtype=np.uint8)
+                    ).save(out, format="JPEG")
+    jpegs.append(out.getvalue())
+  writer = ArrayRecordWriter(str(tmp_path / "triples-00000.array_record"), "group_size:1")
+  texts = ("a cat", "a feline", "no cat")
+  writer.write(sources.encode_record("named", jpegs[0], *texts, image_key="cats/1.jpg"))
+  writer.write(sources.encode_record("unnamed", jpegs[1], *texts))
+  writer.write(sources.encode_record("same bytes", jpegs[1], *texts))
+  writer.write(sources.encode_record("other", jpegs[2], *texts))
+  writer.close()
+  source = sources.ArrayRecordSource(str(tmp_path))
+  batch = _batch_of(source, _config(batch_size=4), False, tokenizer)
+  keys = dict(zip(batch["id"], batch["image_key"]))
+  assert keys["named"] == "cats/1.jpg"
+  assert keys["unnamed"] == keys["same bytes"] == hashlib.sha1(jpegs[1]).hexdigest()
+  assert keys["other"] == hashlib.sha1(jpegs[2]).hexdigest()
+
+
+@pytest.mark.parametrize("train", [True, False])
+def test_squash_and_imagenet_equal_the_official_transform(tokenizer, train):
+  # The official code: torchvision Resize((S, S)) (PIL bilinear on PIL images), ToTensor (/255),
+  # Normalize with ImageNet's mean/std; the same for training and evaluation (no crop).
+  pixels = np.random.default_rng(7).integers(0, 256, (30, 40, 3), dtype=np.uint8)  # 40 wide
+  out = io.BytesIO()
+  Image.fromarray(pixels).save(out, format="PNG")
+  record = {"id": "x", "image": out.getvalue(), "caption": "a", "paraphrase": "b", "negation": "c"}
+  config = _config(batch_size=1, image_size=16, resize="squash", normalization="imagenet")
+  image = _batch_of([record], config, train, tokenizer)["image"][0]
+  resized = np.asarray(Image.fromarray(pixels).resize((16, 16), Image.BILINEAR), np.float64)
+  expected = (resized / 255.0 - np.array([0.485, 0.456, 0.406])) / np.array([0.229, 0.224, 0.225])
+  np.testing.assert_allclose(image, expected, rtol=0, atol=1e-6)
+
+
+def test_unknown_resize_or_normalization_names_the_field(tokenizer):
+  for field, value in (("resize", "stretch"), ("normalization", "laion")):
+    with pytest.raises(ValueError, match=rf"data\.{field} '{value}'"):
+      input_pipeline.Preprocess(tokenizer, 16, 8, "center", (0.9, 1.0), **{field: value})
+
+
+def test_random_resized_crop_keeps_the_asked_area():
+  # Redrawing boxes that do not fit (not clipping them) keeps the area fraction within crop_scale:
+  # clipping kept ~0.85 of a 640x480 image on average for scale (0.9, 1.0).
+  rng = np.random.default_rng(0)
+  boxes = np.array([transforms.random_resized_crop_box(640, 480, rng, (0.9, 1.0))
+                    for _ in range(2000)])
+  left, top, right, bottom = boxes.T
+  assert np.all((0 <= left) & (left < right) & (right <= 640))
+  assert np.all((0 <= top) & (top < bottom) & (bottom <= 480))
+  kept = (right - left) * (bottom - top) / (640 * 480)
+  assert 0.9 <= kept.mean() <= 1.0
+  # A box that fits on no try (an extreme aspect) falls back to the central crop, ratio clamped.
+  assert transforms.random_resized_crop_box(1000, 100, rng, (0.9, 1.0)) == (433, 0, 566, 100)
 
 
 def test_eval_transform_equals_transformers_clip_image_processor():
@@ -224,6 +315,63 @@ def test_real_sugarcrepe_csv_parses_and_splits_by_image(sugarcrepe_csv):
   assert 0.75 < len(images["train"]) / 1542 < 0.85
   again = sources.split_by_image(triples, "test")
   assert [t.id for t in again] == [t.id for t in splits["test"]]
+
+
+def _pandas_row_split(n, seed=42, val_ratio=0.1, test_ratio=0.1):
+  """The official code's split, literally: df.sample(frac=1.0, random_state=seed) draws
+  RandomState(seed).choice(n, n, replace=False); then the iloc slices."""
+  order = np.random.RandomState(seed).choice(n, size=n, replace=False)
+  test_size, val_size = int(n * test_ratio), int(n * val_ratio)
+  train_size = n - test_size - val_size
+  return {"train": order[:train_size], "val": order[train_size:train_size + val_size],
+          "test": order[train_size + val_size:]}
+
+
+def _triples(n, per_image=1):
+  return [sources.Triple(f"row{i}", f"{i // per_image}.jpg", "c", "p", "n") for i in range(n)]
+
+
+def test_row_split_equals_the_official_code(sugarcrepe_csv):
+  real = sources.read_triples(str(sugarcrepe_csv))
+  for triples in (real, _triples(101, per_image=3)):
+    n = len(triples)
+    expected = _pandas_row_split(n)
+    got = {s: sources.select_split(triples, s, ratios=(0.8, 0.1, 0.1), seed=42, split_by="rows")
+           for s in sources.SPLITS}
+    for split in sources.SPLITS:
+      assert [t.id for t in got[split]] == [triples[i].id for i in expected[split]], (n, split)
+    ids = [t.id for split in sources.SPLITS for t in got[split]]
+    assert len(ids) == len(set(ids)) == n
+  assert [len(got[s]) for s in sources.SPLITS] == [81, 10, 10]
+  # csv_source (and so make_source) honours split_by.
+  test = sources.csv_source(str(sugarcrepe_csv), "", split="test", split_seed=42, split_by="rows")
+  assert [t.id for t in test.triples] == [real[i].id for i in _pandas_row_split(4757)["test"]]
+  with pytest.raises(ValueError, match=r"split_by 'row'.*data\.split_by"):
+    sources.select_split(real, "test", split_by="row")
+
+
+def test_ccneg_official_split_carves_val_by_image():
+  triples = _triples(sources.CCNEG_EVAL_ITEMS + 6_000, per_image=2)
+  split = lambda name, seed=0: sources.ccneg_official_split(triples, name, val_fraction=0.05,
+                                                            seed=seed)
+  train, val, test = split("train"), split("val"), split("test")
+  assert test == triples[-sources.CCNEG_EVAL_ITEMS:]
+  assert not {t.image for t in train} & {t.image for t in val}
+  rest = triples[:-sources.CCNEG_EVAL_ITEMS]
+  assert sorted(t.id for t in train + val) == sorted(t.id for t in rest)
+  assert len({t.image for t in val}) == round(0.05 * 3_000)
+  assert split("val") == val and split("val", seed=1) != val
+
+
+def test_ccneg_official_split_warns_unless_the_release_row_count(caplog):
+  triple = sources.Triple("x", "1.jpg", "c", "p", "n")
+  with caplog.at_level(logging.WARNING, logger="semclip_jax.data.sources"):
+    sources.ccneg_official_split([triple] * sources.CCNEG_ROWS, "test")
+    assert not caplog.records
+    sources.ccneg_official_split([triple] * 45_000, "test")
+  assert len(caplog.records) == 1
+  assert "45000 rows" in caplog.text
+  assert "only for the full file in its original order" in caplog.text
 
 
 def test_trim_to_bucket():

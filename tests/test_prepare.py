@@ -103,7 +103,15 @@ def test_csv_split_matches_csv_source(tmp_path):
   want = sources.csv_source(str(tmp_path / "triples.csv"), str(tmp_path / "images"), split="test",
                             split_seed=3, ratios=(0.5, 0.2, 0.3))
   assert [r["id"] for r in _records(out)] == [t.id for t in want.triples]
+  assert [r["image_key"] for r in _records(out)] == [t.image for t in want.triples]  # file names
   assert len(want.triples) == 6
+  # The official code's random row split: the same rows, in its shuffled order.
+  out = tmp_path / "rows"
+  assert prepare.main(_csv_args(tmp_path, out, "--split=val", "--split_seed=42",
+                                "--split_by=rows")) == 0
+  want = sources.csv_source(str(tmp_path / "triples.csv"), str(tmp_path / "images"), split="val",
+                            split_seed=42, split_by="rows")
+  assert [r["id"] for r in _records(out)] == [t.id for t in want.triples] and len(want.triples) == 2
 
 
 def _tar_add(tar, name, data):

@@ -1,4 +1,5 @@
-"""Shapes source: items, determinism, held-out split, and text checked against scenes and pixels.
+"""Shapes source: items, determinism, held-out val/test splits, make_source's split mapping, and
+text checked against scenes and pixels.
 
 The text checks parse the strings with regular expressions written here (only the vocabulary and
 synonym tables come from the module) and verify each claim against the scene's boxes: captions and
@@ -15,6 +16,7 @@ import sys
 import numpy as np
 import pytest
 
+from semclip_jax import data as data_lib
 from semclip_jax.data import shapes
 
 N_TEXT = 500
@@ -143,15 +145,18 @@ def test_item_structure_and_ids():
     ids = set()
     for i in range(len(source)):
       item = source[i]
-      assert set(item) == {"image", "caption", "paraphrase", "negation", "id"}
+      assert set(item) == {"image", "caption", "paraphrase", "negation", "id", "image_key"}
+      assert item["image_key"] == item["id"]  # each item is its own image
       assert item["image"].dtype == np.uint8
       assert item["image"].shape == (image_size, image_size, 3)
       for key in ("caption", "paraphrase", "negation", "id"):
         assert isinstance(item[key], str) and item[key].isascii() and item[key]
       ids.add(item["id"])
     assert len(ids) == 50
-  eval_ids = {shapes.ShapesSource(split="eval")[i]["id"] for i in range(50)}
-  assert not eval_ids & ids
+  val_ids = {shapes.ShapesSource(split="val")[i]["id"] for i in range(50)}
+  test_ids = {shapes.ShapesSource(split="test")[i]["id"] for i in range(50)}
+  assert not val_ids & ids and not test_ids & ids and not val_ids & test_ids
+  assert all(i.startswith("shapes-val-") for i in val_ids)
 
 
 def test_len_and_errors():
@@ -166,11 +171,11 @@ def test_len_and_errors():
     infinite[2**31 - 1]
   with pytest.raises(IndexError):
     infinite.scene(-3)
-  for kwargs in ({"split": "test"}, {"split": "validation"}, {"size": 0}, {"size": -5},
+  for kwargs in ({"split": "validation"}, {"split": "nope"}, {"size": 0}, {"size": -5},
                  {"size": 2**31}, {"seed": -1}, {"image_size": 8}):
     with pytest.raises(ValueError):
       shapes.ShapesSource(**kwargs)
-  assert "eval" in repr(shapes.ShapesSource(split="eval"))
+  assert "'val'" in repr(shapes.ShapesSource(split="val"))
 
 
 # ---- determinism ----
@@ -188,11 +193,11 @@ def test_determinism_across_orders_instances_and_pickling():
 
 def test_determinism_in_a_fresh_process():
   code = ("import hashlib; from semclip_jax.data import shapes; s = shapes.ShapesSource("
-          "split='eval', seed=11, image_size=48); print(','.join(hashlib.sha256("
+          "split='test', seed=11, image_size=48); print(','.join(hashlib.sha256("
           "s[i]['image'].tobytes() + (s[i]['caption'] + s[i]['paraphrase'] + s[i]['negation'])"
           ".encode()).hexdigest() for i in range(8)))")
   out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-  s = shapes.ShapesSource(split="eval", seed=11, image_size=48)
+  s = shapes.ShapesSource(split="test", seed=11, image_size=48)
   here = [hashlib.sha256(s[i]["image"].tobytes() + (s[i]["caption"] + s[i]["paraphrase"]
                                                     + s[i]["negation"]).encode()).hexdigest()
           for i in range(8)]
@@ -202,9 +207,25 @@ def test_determinism_in_a_fresh_process():
 def test_seeds_and_splits_differ():
   base = [digest(shapes.ShapesSource(seed=0)[i]) for i in range(20)]
   other_seed = [digest(shapes.ShapesSource(seed=1)[i]) for i in range(20)]
-  other_split = [digest(shapes.ShapesSource(seed=0, split="eval")[i]) for i in range(20)]
   assert sum(x != y for x, y in zip(base, other_seed)) >= 18
-  assert sum(x != y for x, y in zip(base, other_split)) >= 18
+  # val and test are different streams: their items differ beyond the ids.
+  held_out = {split: [shapes.ShapesSource(seed=0, split=split)[i] for i in range(20)]
+              for split in ("val", "test")}
+  for split, items in held_out.items():
+    assert sum(x != digest(y) for x, y in zip(base, items)) >= 18, split
+  unnamed = lambda item: hashlib.sha256(item["image"].tobytes()).hexdigest()
+  assert not {unnamed(i) for i in held_out["val"]} & {unnamed(i) for i in held_out["test"]}
+
+
+def test_make_source_maps_splits():
+  config = data_lib.default_config()
+  config.update(shapes_size=30, shapes_eval_size=7)
+  for split, size in (("train", 30), ("val", 7), ("test", 7)):
+    source = data_lib.make_source(config, split)
+    assert (source.split, len(source)) == (split, size)
+    assert source[0]["id"].startswith(f"shapes-{split}-")
+  with pytest.raises(ValueError, match="shapes has no split 'validation'"):
+    data_lib.make_source(config, "validation")
 
 
 # ---- scenes and held-out combinations ----
@@ -216,7 +237,7 @@ def test_held_out_constant():
   assert {s for _, s in shapes.HELD_OUT} == set(shapes.SHAPES)
 
 
-def test_train_never_shows_held_out_and_eval_always_does():
+def test_train_never_shows_held_out_and_val_and_test_always_do():
   combos = set(itertools.product(shapes.COLORS, shapes.SHAPES))
   train = shapes.ShapesSource(split="train", size=None, seed=5)
   seen = set()
@@ -225,13 +246,14 @@ def test_train_never_shows_held_out_and_eval_always_does():
     assert not set(scene) & shapes.HELD_OUT, scene
     seen |= set(scene)
   assert seen == combos - shapes.HELD_OUT  # every allowed pair does occur
-  evals = shapes.ShapesSource(split="eval", size=None, seed=5)
-  seen = set()
-  for i in range(500):
-    scene = {(o["color"], o["shape"]) for o in evals.scene(i)}
-    assert scene & shapes.HELD_OUT, scene
-    seen |= scene
-  assert shapes.HELD_OUT <= seen
+  for split in ("val", "test"):
+    held_out = shapes.ShapesSource(split=split, size=None, seed=5)
+    seen = set()
+    for i in range(300):
+      scene = {(o["color"], o["shape"]) for o in held_out.scene(i)}
+      assert scene & shapes.HELD_OUT, (split, scene)
+      seen |= scene
+    assert shapes.HELD_OUT <= seen, split
 
 
 def test_scene_layout():

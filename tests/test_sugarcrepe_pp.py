@@ -16,7 +16,7 @@ from PIL import Image
 from semclip_jax import data as data_lib
 from semclip_jax import train
 from semclip_jax.data import input_pipeline, sources
-from semclip_jax.evaluators import CCNegEvaluator, make_evaluator, sugarcrepe_pp
+from semclip_jax.evaluators import CCNegEvaluator, sugarcrepe_pp
 from semclip_jax.evaluators.embed import Encoder, EvalRound, count_compilations
 from semclip_jax.evaluators.sugarcrepe_pp import SugarCrepePPEvaluator
 from semclip_jax.models import create_clip, get_preset
@@ -232,7 +232,7 @@ def _scpp_config_evaluators(csv_path, image_dir):
   config.data.update(path=str(csv_path), image_dir=str(image_dir), batch_size=8, image_size=32,
                      context_length=32)
   data = train.eval_data_config(config)
-  return {name: make_evaluator(c, data) for name, c in config.evals.items()}, data
+  return train.build_evaluators(config, data)[1], data  # the test round's
 
 
 def test_two_rounds_embed_the_split_once_and_compile_each_tower_once_per_shape(
@@ -249,11 +249,11 @@ def test_two_rounds_embed_the_split_once_and_compile_each_tower_once_per_shape(
   assert sorted(evaluators) == ["ccneg", "retrieval", "sugarcrepe_pp"]
   mesh = make_mesh()
   # The token lengths the split's batches are cut to: one text-tower shape each.
-  source = data_lib.make_source(data, split=data.eval_split)
+  source = data_lib.make_source(data, split=data.test_split)
   lengths = {b["tokens"].shape[-1] for b in input_pipeline.make_pipeline(
       source, data, train=False, process_index=0, process_count=1)}
   models = [create_clip(get_preset("tiny"), seed=seed) for seed in (0, 1)]
-  expected = [{f"{name}/{k}": v for name, e in evaluators.items() for k, v in e.run(m, mesh)}
+  expected = [{f"test/{name}/{k}": v for name, e in evaluators.items() for k, v in e.run(m, mesh)}
               for m in models]  # each evaluator alone, compiling for itself
 
   passes = []
@@ -265,14 +265,14 @@ def test_two_rounds_embed_the_split_once_and_compile_each_tower_once_per_shape(
     passes.clear()
     with count_compilations() as compiled:
       round_ = EvalRound(encoder, nnx.split(model)[1:], mesh)
-      results = train.evaluate_model(evaluators, round_, str(tmp_path / "work"))
+      results = train.evaluate_model(evaluators, round_, str(tmp_path / "work"), "test")
     assert len(passes) == 1, "ccneg, retrieval and sugarcrepe_pp share one pass over the split"
     if round_index == 0:
       assert dict(compiled) == {"jit(encode_images)": 1, "jit(encode_texts)": len(lengths)}
     else:
       assert compiled.total() == 0, f"the second round recompiled {dict(compiled)}"
     assert results == pytest.approx(expected[round_index], abs=1e-6)
-  assert results["sugarcrepe_pp/overall/items"] == results["ccneg/items"] > 0
+  assert results["test/sugarcrepe_pp/overall/items"] == results["test/ccneg/items"] > 0
   assert results != pytest.approx(expected[0], abs=1e-6)  # the new parameters were used
 
 

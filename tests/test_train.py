@@ -13,7 +13,7 @@ import pytest
 import safetensors.numpy
 import transformers
 
-from semclip_jax import checkpointing, train
+from semclip_jax import checkpointing, report, train
 from semclip_jax.data import input_pipeline
 from semclip_jax.evaluators.embed import count_compilations
 from semclip_jax.metrics_writer import read_metrics
@@ -42,8 +42,10 @@ def test_shapes_run_end_to_end(tmp_path):
   config = _shapes_config(total_steps=40, log_every_steps=5)
   config.mesh.num_devices = 1
   config.optim.warmup_steps = 10
-  config.checkpoint.every_steps = 20
+  config.checkpoint.update(every_steps=20, keep_best=1, best_metric="val/ccneg/accuracy")
   config.data.shapes_eval_size = 32
+  for eval_config in config.evals.values():
+    eval_config.every_steps = 20
   results = train.train_and_evaluate(config, str(tmp_path))
   losses = _losses(tmp_path)
   assert sorted(losses) == [5, 10, 15, 20, 25, 30, 35, 40]
@@ -51,14 +53,34 @@ def test_shapes_run_end_to_end(tmp_path):
   assert np.mean(curve[-3:]) < 0.9 * np.mean(curve[:3]), curve  # batch 16: compare averages
   assert checkpointing.Checkpointer(str(tmp_path / "checkpoints")).all_steps() == [20, 40]
   assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
-  assert json.loads((tmp_path / "results.json").read_text())["step"] == 40
-  assert 0 <= results["ccneg/accuracy"] <= 1 and "retrieval/t2i_top1_original" in results
+  written = json.loads((tmp_path / "results.json").read_text())
+  assert written["step"] == 40 and written == {"step": 40, **results}
+  assert 0 <= results["test/ccneg/accuracy"] <= 1
+  assert {"val/retrieval/t2i_recall@1_original", "test/retrieval/i2t_recall@5_paraphrase",
+          "val/ccneg/accuracy"} <= set(results)
+  # Validation at step 20 and at the end; the test split once, at the end. The best checkpoint
+  # is chosen on the validation metric each checkpoint carries.
+  evals = {m["step"]: m for m in read_metrics(tmp_path) if "val/ccneg/accuracy" in m}
+  assert sorted(evals) == [20, 40]
+  assert [s for s, m in evals.items() if any(k.startswith("test/") for k in m)] == [40]
+  for step in (20, 40):
+    saved = json.loads((tmp_path / "checkpoints" / str(step) / "metrics" / "metrics").read_text())
+    assert saved == {"val/ccneg/accuracy": evals[step]["val/ccneg/accuracy"]}
+  reopened = checkpointing.Checkpointer(str(tmp_path / "checkpoints"), keep_best=1,
+                                        best_metric="val/ccneg/accuracy")
+  best = max((20, 40), key=lambda s: (evals[s]["val/ccneg/accuracy"], s))
+  assert reopened.best_step() == best
+  reopened.close()
   assert json.loads((tmp_path / "config.json").read_text())["loss"]["name"] == "semclip"
+  # The test round's per-item cosines, for the report's histograms.
+  cosines = np.load(tmp_path / "similarities_ccneg.npz")
+  assert set(cosines.files) == set(report.KINDS) and cosines["original_negation"].shape == (32,)
   model, info = transformers.CLIPModel.from_pretrained(str(tmp_path / "hf"), output_loading_info=True)
   assert not any(info.values())
   # --mode=eval and --mode=export on the same workdir reproduce the final numbers and weights.
   exported = safetensors.numpy.load_file(str(tmp_path / "hf" / "model.safetensors"))
-  assert train.evaluate(config, str(tmp_path)) == pytest.approx(results, abs=1e-6)
+  test_results = {k: v for k, v in results.items() if k.startswith("test/")}
+  assert train.evaluate(config, str(tmp_path)) == pytest.approx(test_results, abs=1e-6)
   (tmp_path / "hf" / "model.safetensors").unlink()
   train.export(config, str(tmp_path))
   again = safetensors.numpy.load_file(str(tmp_path / "hf" / "model.safetensors"))
@@ -165,11 +187,12 @@ def test_eval_rounds_share_one_pass_and_compile_once_per_run(tmp_path, monkeypat
 
   monkeypatch.setattr(train, "evaluate_model", counted)
   results = train.train_and_evaluate(config, str(tmp_path))
-  assert len(rounds) == 2 and results["ccneg/items"] == 24
-  assert [r["passes"] for r in rounds] == [1, 1]
+  # Validation at step 2; at the end validation and test (one round, two splits).
+  assert len(rounds) == 3 and results["val/ccneg/items"] == results["test/ccneg/items"] == 24
+  assert [r["passes"] for r in rounds] == [1, 1, 1]
   assert set(rounds[0]["compiled"]) == {"jit(encode_images)", "jit(encode_texts)"}
   assert rounds[0]["compiled"]["jit(encode_images)"] == 1
-  assert rounds[1]["compiled"] == {}, "the second eval round recompiled"
+  assert rounds[1]["compiled"] == rounds[2]["compiled"] == {}, "a later eval round recompiled"
 
 
 @pytest.mark.parametrize("field,value,message", [

@@ -33,7 +33,7 @@ from PIL import Image
 
 from semclip_jax import train
 from semclip_jax.data import sources
-from semclip_jax.evaluators import Encoder, EvalRound, make_evaluator
+from semclip_jax.evaluators import ALL, Encoder, EvalRound, make_evaluator, reads_own_data
 from semclip_jax.evaluators.embed import count_compilations
 from semclip_jax.models import create_clip, get_preset
 
@@ -46,7 +46,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
   parser.add_argument("--eval_batch_size", type=int, default=128, help="eval: batch size")
   parser.add_argument("--eval_rounds", type=int, default=2, help="eval: rounds, one encoder")
   parser.add_argument("--eval_split", default="test",
-                      help="eval: the config's eval split (test: ~10%% of the images) or all")
+                      help="eval: the split scored (test: ~10%% of the images) or all")
   parser.add_argument("--eval_max_rows", type=int, default=0,
                       help="eval: the CSV's first rows only (0: all)")
   parser.add_argument("--eval_image_dir", default="",
@@ -73,8 +73,7 @@ def load_config(args: argparse.Namespace, csv_path: str, image_dir: str
   spec.loader.exec_module(module)
   config = module.get_config()
   config.data.update(path=csv_path, image_dir=image_dir, batch_size=args.eval_batch_size,
-                     image_size=get_preset(args.eval_preset).vision.image_size,
-                     eval_split=None if args.eval_split == "all" else args.eval_split)
+                     image_size=get_preset(args.eval_preset).vision.image_size)
   config.model.update(init_from="", preset=args.eval_preset, dtype="float32")
   config.mesh.num_devices = 0
   return config
@@ -98,8 +97,9 @@ def measure(args: argparse.Namespace) -> list[dict[str, Any]]:
     write_images(image_dir, [r["filename"] for r in rows])
     config = load_config(args, csv_path, image_dir)
     mesh = train.make_mesh(config)
-    evaluators = {n: make_evaluator(c, train.eval_data_config(config))
-                  for n, c in config.evals.items()}
+    split = None if args.eval_split == ALL else args.eval_split
+    evaluators = {n: make_evaluator(c, train.eval_data_config(config), split)
+                  for n, c in config.evals.items() if not reads_own_data(c)}
     encoder = None
     records = []
     for index in range(args.eval_rounds):
@@ -109,9 +109,9 @@ def measure(args: argparse.Namespace) -> list[dict[str, Any]]:
       round_ = EvalRound(encoder, (state,), mesh)
       start = time.perf_counter()
       with count_compilations() as compiled:
-        results = train.evaluate_model(evaluators, round_, os.path.join(tmp, "work"))
+        results = train.evaluate_model(evaluators, round_, os.path.join(tmp, "work"), train.TEST)
       wall = time.perf_counter() - start
-      items = int(results["ccneg/items"])
+      items = int(results[f"{train.TEST}/ccneg/items"])
       scored = items * len(evaluators)  # every evaluator scores every item of the split
       records.append({"what": "eval", "round": index + 1, "preset": args.eval_preset,
                       "batch_size": args.eval_batch_size, "split": args.eval_split,

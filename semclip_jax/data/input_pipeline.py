@@ -1,14 +1,17 @@
 """The grain input pipeline: triple sources -> batches of images and tokenized caption triples.
 
 source → this process's shard (`process_index::process_count`) → seeded shuffle, reshuffled each
-epoch → decode → random resized crop (train) or shortest-side resize + centre crop (eval) → CLIP
-mean/std → tokenize the three captions → drop bad records (counted) → batch → worker processes →
-optionally global `jax.Array`s over a mesh.
+epoch → decode → resize (`resize`): "shortest_side_crop" = random resized crop (train, with
+`train_crop="random_resized"`) or bicubic shortest-side resize + centre crop (eval), or "squash" =
+bilinear resize of the whole image to S × S (train and eval, no crop: the official code) →
+normalise (`normalization`: CLIP's or ImageNet's mean/std) → tokenize the three captions → drop bad
+records (counted) → batch → worker processes → optionally global `jax.Array`s over a mesh.
 
 Batches are dicts: `image` float32 [B, S, S, 3], `tokens` int32 [B, 3, L] (original, paraphrase,
-negation; L is the smallest of `length_buckets` holding the batch's longest caption) and `id`
-(numpy strings). The iterator's state (`get_state`/`set_state`) is JSON-able
-and restores the exact batch sequence.
+negation; L is the smallest of `length_buckets` holding the batch's longest caption), `id` and
+`image_key` (numpy strings; `image_key` is shared by the rows showing the same image: a source's
+own key, else a hash of the encoded image). The eval path is deterministic. The iterator's state
+(`get_state`/`set_state`) is JSON-able and restores the exact batch sequence.
 
 Bad-input policy: a record whose image is missing, unreadable, truncated or zero-size, or whose
 caption field is empty or not a string, is skipped, counted and logged once with its id and
@@ -26,10 +29,11 @@ import ml_collections
 import numpy as np
 from PIL import Image
 
-from semclip_jax.data.sources import FIELDS
+from semclip_jax.data.sources import FIELDS, content_key
 from semclip_jax.data.tokenizer import CLIPTokenizer
-from semclip_jax.data.transforms import (normalize, random_resized_crop_box,
-                                         resize_shortest_and_center_crop, to_pil)
+from semclip_jax.data.transforms import (NORMALIZATIONS, RESIZES, normalize,
+                                         random_resized_crop_box, resize_shortest_and_center_crop,
+                                         squash, to_pil)
 
 logger = logging.getLogger(__name__)
 _MAX_NOTES = 5  # offenders remembered per batch, and named in BadDataError
@@ -50,6 +54,13 @@ def default_config() -> ml_collections.ConfigDict:
   c.length_buckets = (16, 24, 32, 48, 64, 77)
   c.train_crop = "random_resized"  # train images: "random_resized" crop or "center" (as eval)
   c.crop_scale = (0.9, 1.0)  # random resized crop: range of the kept fraction of the image area
+  # "shortest_side_crop": CLIP's bicubic shortest-side resize + centre crop (eval; train crops as
+  # train_crop says). "squash": the official SemCLIP code's bilinear resize of the whole image to
+  # image_size², aspect ignored, for train and eval alike (train_crop and crop_scale unused).
+  c.resize = "shortest_side_crop"
+  # Pixel mean/std: "clip" (what CLIP checkpoints were trained with) or "imagenet" (the official
+  # SemCLIP code's torchvision Normalize).
+  c.normalization = "clip"
   c.seed = 0  # shuffle and augmentation seed
   c.num_epochs = ml_collections.config_dict.placeholder(int)  # train epochs; unset = forever
   c.worker_count = 2  # grain worker processes (0: decode in the main process)
@@ -72,17 +83,30 @@ def _caption_error(record: dict[str, Any]) -> str | None:
 
 
 class Preprocess:
-  """record -> {"image", "tokens", "id"}, or {"id", "error"} for a record to skip."""
+  """record -> {"image", "tokens", "id", "image_key"}, or {"id", "error"} for a record to skip.
+
+  `crop` ("random_resized" or "center") applies to `resize="shortest_side_crop"`; "squash" never
+  crops. Without an `rng` (eval) the output is a pure function of the record.
+  """
 
   def __init__(self, tokenizer: CLIPTokenizer, image_size: int, context_length: int,
-               crop: str, crop_scale: tuple[float, float]):
+               crop: str, crop_scale: tuple[float, float], *,
+               resize: str = "shortest_side_crop", normalization: str = "clip"):
     if crop not in ("random_resized", "center"):
-      raise ValueError(f"unknown crop {crop!r}; choose 'random_resized' or 'center'")
+      raise ValueError(f"unknown crop {crop!r} (data.train_crop); choose 'random_resized' or "
+                       "'center'")
+    if resize not in RESIZES:
+      raise ValueError(f"unknown data.resize {resize!r}; choose one of {list(RESIZES)}")
+    if normalization not in NORMALIZATIONS:
+      raise ValueError(f"unknown data.normalization {normalization!r}; choose one of "
+                       f"{sorted(NORMALIZATIONS)}")
     self.tokenizer = tokenizer
     self.image_size = image_size
     self.context_length = context_length
     self.crop = crop
     self.crop_scale = tuple(crop_scale)
+    self.resize = resize
+    self.normalization = normalization
 
   def __call__(self, record: dict[str, Any], rng: np.random.Generator | None = None
                ) -> dict[str, Any]:
@@ -99,13 +123,17 @@ class Preprocess:
         error = f"undecodable image: {type(e).__name__}: {e}"
     if error is not None:
       return {"id": ident, "error": error}
-    if self.crop == "random_resized" and rng is not None:
+    if self.resize == "squash":
+      pixels = squash(pil, self.image_size)
+    elif self.crop == "random_resized" and rng is not None:
       box = random_resized_crop_box(*pil.size, rng, self.crop_scale)
       pixels = np.asarray(pil.resize((self.image_size,) * 2, Image.Resampling.BICUBIC, box=box))
     else:
       pixels = resize_shortest_and_center_crop(pil, self.image_size)
     tokens = self.tokenizer([record[f] for f in FIELDS], context_length=self.context_length)
-    return {"image": normalize(pixels), "tokens": tokens, "id": ident}
+    key = record.get("image_key")  # sources name their images; other records get a content hash
+    return {"image": normalize(pixels, self.normalization), "tokens": tokens, "id": ident,
+            "image_key": content_key(record["image"]) if key is None else str(key)}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -162,7 +190,8 @@ def build_dataset(source, config: ml_collections.ConfigDict, *, train: bool,
     ds = ds.shuffle(seed=config.seed).repeat(config.num_epochs)
   crop = config.train_crop if train else "center"
   preprocess = Preprocess(tokenizer or CLIPTokenizer(context_length=config.context_length),
-                          config.image_size, config.context_length, crop, config.crop_scale)
+                          config.image_size, config.context_length, crop, config.crop_scale,
+                          resize=config.resize, normalization=config.normalization)
   ds = ds.random_map(preprocess, seed=config.seed) if train else ds.map(preprocess)
   batches = DropBadRecords(ds.to_iter_dataset()).batch(config.batch_size // process_count,
                                                        drop_remainder=train)

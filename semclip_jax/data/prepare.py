@@ -3,7 +3,8 @@
 Usage:
   python -m semclip_jax.data.prepare --format=csv --input=triples.csv --image_dir=images \
       --output_dir=shards [--layout=sugarcrepe_pp | --columns=image=file,caption=c,...] \
-      [--split=train [--split_seed=0 --ratios=0.8,0.1,0.1 | --ccneg_official | --split_column=s]]
+      [--split=train [--split_seed=0 --ratios=0.8,0.1,0.1 [--split_by=rows] | --ccneg_official
+      [--ccneg_val_fraction=0.05] | --split_column=s]]
   python -m semclip_jax.data.prepare --format=webdataset --input cc3m/00000.tar cc3m/00001.tar \
       --triples=cc3m_triples.jsonl --output_dir=shards
   python -m semclip_jax.data.prepare --format=ccneg_pt --input=ccneg_preprocessed.pt \
@@ -12,7 +13,9 @@ Usage:
       --image_dir=coco/val2017 --output_dir=shards
 
 Input record i goes to shard `triples-{i // records_per_shard:05d}.array_record` as
-`sources.encode_record(...)`, with the image file's bytes as they are. Bad records (image missing,
+`sources.encode_record(...)`, with the image file's bytes as they are. `--split` writes one split,
+chosen as `sources.select_split` chooses it (and as `data.make_source` does for the same options,
+so shards of a split hold the rows the CSV source of that split reads). Bad records (image missing,
 empty or undecodable; an empty or non-string caption field) are skipped and counted by reason in
 `summary.json`; structural errors (missing column or field, unreadable input) exit with code 2.
 
@@ -72,20 +75,26 @@ def prepare(fmt: str, inputs: Sequence[str], output_dir: str, *, image_dir: str 
             columns: Mapping[str, str] | None = None, split: str | None = None,
             split_seed: int = 0, ratios: Sequence[float] = (0.8, 0.1, 0.1),
             ccneg_official: bool = False, split_column: str | None = None,
+            split_by: str = "image", ccneg_val_fraction: float = 0.05,
             records_per_shard: int = 10_000, num_workers: int | None = None,
             log: Callable[[str], Any] = print) -> dict:
   """Converts one input (see the module docstring) into shards in `output_dir`; returns the
   summary. Structural errors raise PrepareError (a ValueError)."""
   paths = _check_options(fmt, inputs, image_dir, triples, (layout, columns, split_column), split)
+  if split_by not in sources.SPLIT_BY:
+    raise PrepareError(f"unknown split_by {split_by!r}; choose one of {sources.SPLIT_BY}")
   image_dir = image_dir and os.path.abspath(image_dir)
   triples = triples and os.path.abspath(triples)
   settings = {"format": fmt, "inputs": paths, "image_dir": image_dir, "triples": triples,
               "layout": layout, "columns": dict(columns or {}), "split": split,
               "split_seed": split_seed if split else None,
               "ratios": list(ratios) if split else None,
-              "ccneg_official": ccneg_official, "split_column": split_column}
+              "ccneg_official": ccneg_official, "split_column": split_column,
+              "split_by": split_by if split else None,
+              "ccneg_val_fraction": ccneg_val_fraction if split and ccneg_official else None}
   choose = dict(ratios=ratios, seed=split_seed, ccneg_official=ccneg_official,
-                split_column=split_column)
+                split_column=split_column, split_by=split_by,
+                ccneg_val_fraction=ccneg_val_fraction)
 
   def reader(wanted):  # runs only when shards are missing: a finished run reads no input
     side = readers.read_side_triples(triples) if triples is not None else {}
@@ -100,7 +109,7 @@ def prepare(fmt: str, inputs: Sequence[str], output_dir: str, *, image_dir: str 
     else:
       rows = readers.sugarcrepe_triples(paths)
     return (Item(t.id, t.caption, t.paraphrase, t.negation, error=errors.get(t.id),
-                 image_path=os.path.join(image_dir, t.image))  # the workers read the images
+                 image_path=os.path.join(image_dir, t.image), image_key=t.image)  # workers read
             for t in sources.select_split(rows, split, **choose))
 
   return write_shards(reader, output_dir, settings, records_per_shard=records_per_shard,
@@ -128,10 +137,17 @@ def _parser() -> argparse.ArgumentParser:
   add("--layout", choices=sorted(sources.LAYOUTS), help="csv: the paper's layout (default: detect)")
   add("--columns", type=_columns, help="csv: field=column,... (image, caption, paraphrase, "
       "negation, optionally id)")
-  add("--split", choices=sources.SPLITS, help="write only this split, by image (default: all)")
+  add("--split", choices=sources.SPLITS, help="write only this split (default: all)")
   add("--split_seed", type=int, default=0)
-  add("--ratios", type=_ratios, default=(0.8, 0.1, 0.1), help="train,val,test shares of images")
-  add("--ccneg_official", action="store_true", help="CC-Neg's split: the last 40,000 are 'test'")
+  add("--ratios", type=_ratios, default=(0.8, 0.1, 0.1), help="train,val,test shares of images "
+      "(--split_by=rows: of rows)")
+  add("--split_by", choices=sources.SPLIT_BY, default="image",
+      help="image: no image in two splits; rows: the official SemCLIP code's random row split "
+      "(leaks images between splits)")
+  add("--ccneg_official", action="store_true", help="CC-Neg's split: the last 40,000 are 'test', "
+      "'val' a share of the rest's images")
+  add("--ccneg_val_fraction", type=float, default=0.05,
+      help="with --ccneg_official: share of the training part's images that is 'val'")
   add("--split_column", help="csv: a column naming each row's split")
   add("--records_per_shard", type=int, default=10_000, help="input records per shard")
   add("--num_workers", type=int, help="image-checking threads (default: min(8, CPUs))")
@@ -144,7 +160,8 @@ def main(argv: list[str] | None = None) -> int:
     prepare(args.format, args.input, args.output_dir, image_dir=args.image_dir,
             triples=args.triples, layout=args.layout, columns=args.columns, split=args.split,
             split_seed=args.split_seed, ratios=args.ratios, ccneg_official=args.ccneg_official,
-            split_column=args.split_column, records_per_shard=args.records_per_shard,
+            split_column=args.split_column, split_by=args.split_by,
+            ccneg_val_fraction=args.ccneg_val_fraction, records_per_shard=args.records_per_shard,
             num_workers=args.num_workers)
   except (ValueError, OSError) as e:  # structural: missing column or field, unreadable input
     print(f"error: {e}", file=sys.stderr)

@@ -2,7 +2,8 @@
 
 Each item is 1-3 coloured geometric objects on a plain grey background, drawn on the fly with PIL,
 with a caption, a paraphrase (same meaning) and a negation (contradicts the image). Every item is a
-pure function of (seed, split, index), so the source is random-access and grain-compatible.
+pure function of (seed, split, index), so the source is random-access and grain-compatible. Each
+item is its own image: its `image_key` is its id.
 
 Text is generated from a structured scene, never edited as strings, which makes the truth of each
 string hold by construction:
@@ -13,7 +14,9 @@ string hold by construction:
 
 Held-out combinations (`HELD_OUT`): 7 of the 35 (colour, shape) pairs, 20%, fixed by the rule
 shape = SHAPES[(3 * colour_index + 1) % 5] (every colour once, every shape at least once), never
-appear in "train"; every "eval" item shows at least one, to test generalisation to unseen pairs.
+appear in "train"; every "val" and "test" item shows at least one, to test generalisation to unseen
+pairs. "val" and "test" draw from different random streams (and ids name the split), so they are
+different items.
 """
 
 from __future__ import annotations
@@ -21,7 +24,10 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image, ImageDraw
 
-SPLITS = ("train", "eval")
+SPLITS = ("train", "val", "test")
+# Random stream per split: "test" keeps the stream of the former "eval" split, so its items (and
+# scores on it) are unchanged.
+_STREAMS = {"train": 0, "test": 1, "val": 2}
 COLORS = {  # saturated and far from the grey background, so pixel colours identify objects
     "red": (230, 30, 30), "green": (30, 190, 60), "blue": (40, 80, 240),
     "yellow": (240, 220, 30), "purple": (150, 50, 200), "orange": (250, 140, 20),
@@ -90,12 +96,13 @@ def _pick(rng: np.random.Generator, options):
 def _combos(rng: np.random.Generator, split: str) -> list[tuple[str, str]]:
   """1-3 (colour, shape) pairs with distinct colours and distinct shapes, in random order."""
   n = int(rng.integers(1, MAX_OBJECTS + 1))
-  combos = [_pick(rng, _HELD_OUT_SORTED)] if split == "eval" else []
+  held_out = split != "train"
+  combos = [_pick(rng, _HELD_OUT_SORTED)] if held_out else []
   while len(combos) < n:
     colors, shapes = {c for c, _ in combos}, {s for _, s in combos}
     # Never empty: each colour holds out one shape, so 2+ of the 3+ unused shapes remain allowed.
     options = [(c, s) for c, s in _ALL_COMBOS if c not in colors and s not in shapes
-               and (split == "eval" or (c, s) not in HELD_OUT)]
+               and (held_out or (c, s) not in HELD_OUT)]
     combos.append(_pick(rng, options))
   return [combos[i] for i in rng.permutation(n)]
 
@@ -269,7 +276,7 @@ class ShapesSource:
     if not (isinstance(image_size, (int, np.integer)) and image_size >= 24):
       raise ValueError(f"image_size must be an int >= 24, got {image_size!r}")
     self.split, self.size, self.seed, self.image_size = split, size, int(seed), int(image_size)
-    self._split_code = SPLITS.index(split)
+    self._stream = _STREAMS[split]
 
   def __len__(self) -> int:
     return _INFINITE if self.size is None else int(self.size)
@@ -283,7 +290,7 @@ class ShapesSource:
     # from, and a sampler producing one has a bug worth hearing about.
     if not isinstance(index, (int, np.integer)) or not 0 <= index < len(self):
       raise IndexError(f"index {index!r} out of range for {self!r}")
-    return np.random.default_rng([self.seed, self._split_code, int(index)])
+    return np.random.default_rng([self.seed, self._stream, int(index)])
 
   def scene(self, index: int) -> list[dict]:
     """The objects of item `index`: color, shape, size, rgb, cell (row, col), box (x0, y0, x1, y1).
@@ -297,10 +304,12 @@ class ShapesSource:
     objects, background = _layout(rng, self.split, self.image_size)
     clauses = _clauses(rng, objects)
     mention = [bool(rng.random() < _SIZE_MENTION_PROB) for _ in objects]
+    ident = f"shapes-{self.split}-{int(index):09d}"
     return {
         "image": _render(objects, background, self.image_size),
         "caption": _caption([_words(rng, o, m, False) for o, m in zip(objects, mention)], clauses),
         "paraphrase": _paraphrase(rng, objects, mention, clauses),
         "negation": _negation(rng, objects, mention, clauses),
-        "id": f"shapes-{self.split}-{int(index):09d}",
+        "id": ident,
+        "image_key": ident,
     }

@@ -51,7 +51,9 @@ class PrepareError(ValueError):
 @dataclasses.dataclass
 class Item:
   """One input record. `image`: encoded bytes or decoded uint8 HWC pixels, else `image_path` is
-  read; `error`: a skip reason known without the image."""
+  read; `error`: a skip reason known without the image; `image_key`: the image's name where the
+  input has one (a file name), stored so retrieval groups the rows of one image (without it the
+  reader falls back to a hash of the image bytes)."""
   id: str
   caption: Any
   paraphrase: Any
@@ -59,6 +61,7 @@ class Item:
   image: bytes | np.ndarray | None = None
   image_path: str | None = None
   error: str | None = None
+  image_key: str | None = None
 
 
 # One Item per input record, in a fixed order; None allowed where `wanted(index)` is False, so that
@@ -104,7 +107,8 @@ def _encode(item: Item) -> tuple[bytes | None, str | None]:
   image, reason = _image_bytes(item)
   if reason is not None:
     return None, reason
-  return sources.encode_record(item.id, image, item.caption, item.paraphrase, item.negation), None
+  return sources.encode_record(item.id, image, item.caption, item.paraphrase, item.negation,
+                               item.image_key), None
 
 
 def _ordered_map(pool: concurrent.futures.Executor, items: Iterable[Item], window: int

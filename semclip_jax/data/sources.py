@@ -1,27 +1,39 @@
 """Random-access sources of caption triples: the paper's CSV layouts (and any CSV/JSONL) and ArrayRecord.
 
 Every source yields dicts with `image` (encoded bytes, or uint8 HWC for generated data), `caption`,
-`paraphrase`, `negation` and `id`. A record whose image cannot be read carries `image=None` and an
-`error` saying why: the pipeline skips and counts it (bad-input policy), nothing raises mid-epoch.
+`paraphrase`, `negation`, `id` and, where the source knows it, `image_key`: the identity of the
+image, shared by every row showing it (triple files: the image's file name; ArrayRecord: the key
+`encode_record` stored, else the pipeline uses `content_key` of the bytes). A record whose image
+cannot be read carries `image=None` and an `error` saying why: the pipeline skips and counts it
+(bad-input policy), nothing raises mid-epoch.
 
-Splits are by *image*: all captions of one image land in the same split (the official code's random
-row split leaks images between SugarCrepe++ train and test).
+Splits (`select_split`): an explicit split column if given; else CC-Neg's official split
+(`ccneg_official_split`: the last 40,000 items test, val carved from the rest by image); else
+`split_by` "image" (default, `split_by_image`: all captions of one image land in one split) or
+"rows" (`split_by_rows`: the official SemCLIP code's seeded random row split, which leaks images
+between train, val and test).
 """
 
 from __future__ import annotations
 
 import csv
 import dataclasses
+import hashlib
 import json
+import logging
 import os
 from typing import Any, Mapping, Sequence
 
 import msgpack
 import numpy as np
 
+logger = logging.getLogger(__name__)
+
 FIELDS = ("caption", "paraphrase", "negation")
 SPLITS = ("train", "val", "test")
+SPLIT_BY = ("image", "rows")  # how `select_split` cuts a file without a split column
 CCNEG_EVAL_ITEMS = 40_000  # CC-Neg's official evaluation split: its last 40,000 items
+CCNEG_ROWS = 228_246  # rows of the CC-Neg release, in which the last 40,000 are CoN-CLIP's test set
 # The SugarCrepe++ triples in the paper's CSV layout (4,757 rows, BSD-3, vendor/NOTICE.md): shipped so
 # that tests and benchmarks use real captions on any fresh clone. The COCO images are not shipped.
 SUGARCREPE_PP_CSV = os.path.join(os.path.dirname(os.path.abspath(__file__)), "vendor",
@@ -113,17 +125,21 @@ def read_triples(path: str, *, layout: str | None = None, columns: Mapping[str, 
   return triples
 
 
+def _check_split(split: str, ratios: Sequence[float]) -> None:
+  if split not in SPLITS:
+    raise ValueError(f"unknown split {split!r}; choose one of {SPLITS}")
+  if len(ratios) != 3 or min(ratios) < 0 or not np.isclose(sum(ratios), 1.0):
+    raise ValueError(f"split ratios must be three non-negative numbers summing to 1, got {ratios}")
+
+
 def split_by_image(triples: Sequence[Triple], split: str, *, ratios: Sequence[float] = (0.8, 0.1, 0.1),
                    seed: int = 0) -> list[Triple]:
   """The triples of `split` ("train", "val", "test"), whole images assigned to one split.
 
   Unique images are sorted, permuted with `seed`, and cut by `ratios`: deterministic, and no image
-  appears in two splits.
+  appears in two splits. Triples keep their file order.
   """
-  if split not in SPLITS:
-    raise ValueError(f"unknown split {split!r}; choose one of {SPLITS}")
-  if len(ratios) != 3 or min(ratios) < 0 or not np.isclose(sum(ratios), 1.0):
-    raise ValueError(f"split ratios must be three non-negative numbers summing to 1, got {ratios}")
+  _check_split(split, ratios)
   images = sorted({t.image for t in triples})
   order = np.random.default_rng(seed).permutation(len(images))
   bounds = np.round(np.cumsum([0, *ratios]) * len(images)).astype(int)
@@ -132,17 +148,47 @@ def split_by_image(triples: Sequence[Triple], split: str, *, ratios: Sequence[fl
   return [t for t in triples if t.image in chosen]
 
 
-def ccneg_official_split(triples: Sequence[Triple], split: str) -> list[Triple]:
-  """CC-Neg's release split: the last 40,000 items evaluate ("test"), the rest train."""
+def split_by_rows(triples: Sequence[Triple], split: str, *,
+                  ratios: Sequence[float] = (0.8, 0.1, 0.1), seed: int = 0) -> list[Triple]:
+  """The triples of `split` as the official SemCLIP code cuts them (src/dataset.py): rows shuffled
+  as pandas' `df.sample(frac=1.0, random_state=seed)` does (`RandomState(seed).permutation(n)`),
+  then test_size = int(n·ratios[2]), val_size = int(n·ratios[1]); "train" the first
+  n - test_size - val_size shuffled rows, "val" the next val_size, "test" the rest, each in the
+  shuffled order (ratios[0] is implied). Rows, not images: the captions of one image can land in
+  train and test, so test scores are inflated by images seen in training (use for comparison
+  with the paper only).
+  """
+  _check_split(split, ratios)
+  n = len(triples)
+  order = np.random.RandomState(seed).permutation(n)  # pylint: disable=no-member
+  val_size, test_size = int(n * ratios[1]), int(n * ratios[2])
+  train_size = n - test_size - val_size
+  start, stop = {"train": (0, train_size), "val": (train_size, train_size + val_size),
+                 "test": (train_size + val_size, n)}[split]
+  return [triples[i] for i in order[start:stop]]
+
+
+def ccneg_official_split(triples: Sequence[Triple], split: str, *, val_fraction: float = 0.05,
+                         seed: int = 0) -> list[Triple]:
+  """CC-Neg's release split: the last 40,000 items are "test" (CoN-CLIP's evaluation set); from
+  the rest, a `val_fraction` share of the images (seeded by `seed`, as `split_by_image`) is "val"
+  and the remainder "train"."""
   if len(triples) <= CCNEG_EVAL_ITEMS:
     raise ValueError(f"CC-Neg's official split needs more than its {CCNEG_EVAL_ITEMS} evaluation "
                      f"items, got {len(triples)} in all; is this the CC-Neg release? Otherwise "
                      "set data.ccneg_official=False to split by image")
-  if split == "train":
-    return list(triples[:-CCNEG_EVAL_ITEMS])
+  if not 0 <= val_fraction < 1:
+    raise ValueError(f"data.ccneg_val_fraction must be in [0, 1), got {val_fraction}")
+  if len(triples) != CCNEG_ROWS:
+    logger.warning("CC-Neg's official split on %d rows, not the release's %d: the last-40,000 "
+                   "split equals CoN-CLIP's only for the full file in its original order",
+                   len(triples), CCNEG_ROWS)
   if split == "test":
     return list(triples[-CCNEG_EVAL_ITEMS:])
-  raise ValueError(f"CC-Neg's official split has 'train' and 'test', not {split!r}")
+  if split not in ("train", "val"):
+    raise ValueError(f"CC-Neg's official split has 'train', 'val' and 'test', not {split!r}")
+  return split_by_image(triples[:-CCNEG_EVAL_ITEMS], split,
+                        ratios=(1 - val_fraction, val_fraction, 0.0), seed=seed)
 
 
 class TripleFileSource:
@@ -157,7 +203,8 @@ class TripleFileSource:
 
   def __getitem__(self, index: int) -> dict[str, Any]:
     t = self.triples[index]
-    record = {"id": t.id, "caption": t.caption, "paraphrase": t.paraphrase, "negation": t.negation}
+    record = {"id": t.id, "image_key": t.image, "caption": t.caption, "paraphrase": t.paraphrase,
+              "negation": t.negation}
     path = os.path.join(self.image_dir, t.image)
     try:
       with open(path, "rb") as f:
@@ -172,43 +219,62 @@ class TripleFileSource:
 def csv_source(path: str, image_dir: str, *, split: str | None = "train", layout: str | None = None,
                columns: Mapping[str, str] | None = None, split_column: str | None = None,
                ratios: Sequence[float] = (0.8, 0.1, 0.1), split_seed: int = 0,
-               ccneg_official: bool = False) -> TripleFileSource:
-  """A CSV/JSONL of triples + an image folder, restricted to `split` (None: every row).
-
-  The split comes from `split_column` if given, CC-Neg's official split if `ccneg_official`, and
-  otherwise from a seeded split by image with `ratios`.
-  """
+               ccneg_official: bool = False, split_by: str = "image",
+               ccneg_val_fraction: float = 0.05) -> TripleFileSource:
+  """A CSV/JSONL of triples + an image folder, restricted to `split` (None: every row), chosen
+  as `select_split` chooses."""
   triples = read_triples(path, layout=layout, columns=columns, split_column=split_column)
   return TripleFileSource(select_split(triples, split, ratios=ratios, seed=split_seed,
-                                       ccneg_official=ccneg_official,
-                                       split_column=split_column), image_dir)
+                                       ccneg_official=ccneg_official, split_column=split_column,
+                                       split_by=split_by, ccneg_val_fraction=ccneg_val_fraction),
+                          image_dir)
 
 
 def select_split(triples: Sequence[Triple], split: str | None, *, ratios: Sequence[float] = (0.8, 0.1, 0.1),
-                 seed: int = 0, ccneg_official: bool = False, split_column: str | None = None
-                 ) -> list[Triple]:
+                 seed: int = 0, ccneg_official: bool = False, split_column: str | None = None,
+                 split_by: str = "image", ccneg_val_fraction: float = 0.05) -> list[Triple]:
   """The triples of `split` (None: all): by the explicit split column if the triples were read
-  with one, else CC-Neg's official split if asked, else the seeded split by image."""
+  with one, else CC-Neg's official split if asked (`ccneg_val_fraction` of its training images
+  validate), else seeded by `seed` with `ratios`: `split_by` "image" (`split_by_image`, no image
+  in two splits) or "rows" (`split_by_rows`, the official code's row split: leaks images)."""
+  if split_by not in SPLIT_BY:
+    raise ValueError(f"unknown split_by {split_by!r} (data.split_by); choose one of {SPLIT_BY}")
   if split is None:
     return list(triples)
   if split_column is not None:
     return [t for t in triples if t.split == split]
   if ccneg_official:
-    return ccneg_official_split(triples, split)
-  return split_by_image(triples, split, ratios=ratios, seed=seed)
+    return ccneg_official_split(triples, split, val_fraction=ccneg_val_fraction, seed=seed)
+  cut = split_by_image if split_by == "image" else split_by_rows
+  return cut(triples, split, ratios=ratios, seed=seed)
 
 
 # ----------------------------------------------------------------------------------------------
 # ArrayRecord shards written by `python -m semclip_jax.data.prepare`.
 # ----------------------------------------------------------------------------------------------
-def encode_record(id: str, image: bytes, caption: str, paraphrase: str, negation: str) -> bytes:  # pylint: disable=redefined-builtin
-  """One ArrayRecord record: a msgpack map of the id, the encoded image and the three captions."""
-  return msgpack.packb({"id": id, "image": image, "caption": caption, "paraphrase": paraphrase,
-                        "negation": negation}, use_bin_type=True)
+def encode_record(id: str, image: bytes, caption: str, paraphrase: str,  # pylint: disable=redefined-builtin
+                  negation: str, image_key: str | None = None) -> bytes:
+  """One ArrayRecord record: a msgpack map of the id, the encoded image, the three captions and,
+  when the source names its images (a file name, a sample key), that `image_key`."""
+  record = {"id": id, "image": image, "caption": caption, "paraphrase": paraphrase,
+            "negation": negation}
+  if image_key is not None:
+    record["image_key"] = image_key
+  return msgpack.packb(record, use_bin_type=True)
 
 
 def decode_record(data: bytes) -> dict[str, Any]:
   return msgpack.unpackb(data, raw=False)
+
+
+def content_key(image: bytes | np.ndarray) -> str:
+  """The `image_key` of a record that names none: sha1 hex of its encoded bytes (of a pixel
+  array's shape and bytes), so identical image files share it."""
+  if isinstance(image, np.ndarray):
+    data = repr(image.shape).encode() + np.ascontiguousarray(image).tobytes()
+  else:
+    data = bytes(image)
+  return hashlib.sha1(data).hexdigest()
 
 
 class ArrayRecordSource:

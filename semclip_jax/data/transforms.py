@@ -1,17 +1,31 @@
-"""Image transforms shared by training, evaluation and export: decode, CLIP's eval resize and
-centre crop, the training crop box, and CLIP normalisation (uint8 HWC in, float32 HWC out)."""
+"""Image transforms shared by training, evaluation and export (uint8 HWC in, float32 HWC out).
+
+- decode (`to_pil`);
+- resize (`RESIZES`): CLIP's eval transform, a bicubic shortest-side resize + centre crop
+  (`resize_shortest_and_center_crop`), or the official SemCLIP code's squash to size x size with
+  PIL bilinear (`squash`, torchvision `Resize((S, S))` on a PIL image);
+- the training crop box (`random_resized_crop_box`, torchvision's RandomResizedCrop sampling);
+- normalisation (`NORMALIZATIONS`): CLIP's mean/std or ImageNet's (`normalize`).
+"""
 
 from __future__ import annotations
 
 import io
+import math
 from typing import Any
 
 import numpy as np
 from PIL import Image
 
-# OpenAI CLIP's normalisation (not ImageNet's): what every CLIP checkpoint was trained with.
+# OpenAI CLIP's normalisation: what every CLIP checkpoint was trained with.
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+# ImageNet's: what the official SemCLIP code uses (torchvision Normalize), on CLIP checkpoints too.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+NORMALIZATIONS = {"clip": (CLIP_MEAN, CLIP_STD), "imagenet": (IMAGENET_MEAN, IMAGENET_STD)}
+RESIZES = ("shortest_side_crop", "squash")
+_CROP_TRIES = 10  # torchvision RandomResizedCrop.get_params
 
 
 def to_pil(image: Any) -> Image.Image:
@@ -34,20 +48,51 @@ def resize_shortest_and_center_crop(pil: Image.Image, size: int) -> np.ndarray:
   return pixels[top:top + size, left:left + size]
 
 
+def squash(pil: Image.Image, size: int) -> np.ndarray:
+  """The official SemCLIP transform: the whole image resized to size × size, aspect ignored, with
+  PIL's (antialiased) bilinear filter, as torchvision's Resize((size, size)) does to PIL images.
+  uint8 HWC [size, size, 3] out."""
+  return np.asarray(pil.resize((size, size), Image.Resampling.BILINEAR))
+
+
 def random_resized_crop_box(width: int, height: int, rng: np.random.Generator,
                             scale: tuple[float, float], ratio=(3 / 4, 4 / 3)
                             ) -> tuple[int, int, int, int]:
-  """Inception-style crop: area fraction in `scale`, log-uniform aspect ratio, clipped to fit."""
-  area = width * height * rng.uniform(*scale)
-  aspect = np.exp(rng.uniform(np.log(ratio[0]), np.log(ratio[1])))
-  w = int(round(min(width, np.sqrt(area * aspect))))
-  h = int(round(min(height, np.sqrt(area / aspect))))
-  left = int(rng.integers(0, width - w + 1))
-  top = int(rng.integers(0, height - h + 1))
-  return left, top, left + max(w, 1), top + max(h, 1)
+  """(left, top, right, bottom) of an Inception-style crop, as torchvision's
+  RandomResizedCrop.get_params: up to 10 draws of (area fraction in `scale`, log-uniform aspect in
+  `ratio`), the first box that fits inside the image kept at a uniform position; if none fits,
+  the central crop of the image's aspect clamped to `ratio`.
+
+  Drawing again instead of clipping an oversized box keeps the area fraction inside `scale`
+  (clipping shrank it: ~0.85 kept on average on 640×480 for scale (0.9, 1.0)).
+  """
+  area = width * height
+  log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
+  for _ in range(_CROP_TRIES):
+    target = area * rng.uniform(*scale)
+    aspect = math.exp(rng.uniform(*log_ratio))
+    w = int(round(math.sqrt(target * aspect)))
+    h = int(round(math.sqrt(target / aspect)))
+    if 0 < w <= width and 0 < h <= height:
+      left = int(rng.integers(0, width - w + 1))
+      top = int(rng.integers(0, height - h + 1))
+      return left, top, left + w, top + h
+  in_ratio = width / height
+  if in_ratio < min(ratio):
+    w, h = width, int(round(width / min(ratio)))
+  elif in_ratio > max(ratio):
+    w, h = int(round(height * max(ratio))), height
+  else:
+    w, h = width, height
+  left, top = (width - w) // 2, (height - h) // 2
+  return left, top, left + w, top + h
 
 
-def normalize(pixels: np.ndarray) -> np.ndarray:
-  """uint8 HWC -> float32 with CLIP's mean/std."""
-  return ((pixels.astype(np.float32) / 255.0 - np.asarray(CLIP_MEAN, np.float32))
-          / np.asarray(CLIP_STD, np.float32))
+def normalize(pixels: np.ndarray, normalization: str = "clip") -> np.ndarray:
+  """uint8 HWC -> float32 (x/255 - mean) / std with the `NORMALIZATIONS[normalization]` mean/std."""
+  if normalization not in NORMALIZATIONS:
+    raise ValueError(f"unknown normalization {normalization!r}; choose one of "
+                     f"{sorted(NORMALIZATIONS)}")
+  mean, std = NORMALIZATIONS[normalization]
+  return ((pixels.astype(np.float32) / 255.0 - np.asarray(mean, np.float32))
+          / np.asarray(std, np.float32))

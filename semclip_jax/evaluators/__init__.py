@@ -8,16 +8,52 @@ import ml_collections
 
 from semclip_jax.evaluators.ccneg import CCNegEvaluator
 from semclip_jax.evaluators.embed import Encoder, EvalRound, Evaluator
+from semclip_jax.evaluators.official import OfficialEvaluator
 from semclip_jax.evaluators.retrieval import RetrievalEvaluator
 from semclip_jax.evaluators.sugarcrepe_pp import SugarCrepePPEvaluator
 from semclip_jax.evaluators.zeroshot import ZeroShotEvaluator
 
-EVALUATORS = {"ccneg": CCNegEvaluator, "retrieval": RetrievalEvaluator,
-              "sugarcrepe_pp": SugarCrepePPEvaluator, "zeroshot": ZeroShotEvaluator}
+EVALUATORS = {"ccneg": CCNegEvaluator, "official": OfficialEvaluator,
+              "retrieval": RetrievalEvaluator, "sugarcrepe_pp": SugarCrepePPEvaluator,
+              "zeroshot": ZeroShotEvaluator}
 
 
-def make_evaluator(eval_config: ml_collections.ConfigDict, data_config: ml_collections.ConfigDict):
-  """An evaluator from `config.evals.<name>` ({type, every_steps, data overrides})."""
+ALL = "all"  # as an evaluator's own `split`: every item of its data
+
+
+def reads_own_data(eval_config: ml_collections.ConfigDict) -> bool:
+  """Whether `config.evals.<name>` reads data of its own (zero-shot's datasets, or a fixed
+  `split` of its data, e.g. a cross-benchmark) rather than the run's validation and test splits.
+  Such data is test data: scored once at the end, never for selection."""
+  return eval_config.get("type") == "zeroshot" or eval_config.get("split") is not None
+
+
+def evaluator_data(eval_config: ml_collections.ConfigDict, data_config: ml_collections.ConfigDict
+                   ) -> ml_collections.ConfigDict:
+  """The run's data config with the evaluator's `data` overrides."""
+  data = ml_collections.ConfigDict(data_config.to_dict())
+  data.update(eval_config.get("data", {}))
+  return data
+
+
+def missing_data(name: str, eval_config: ml_collections.ConfigDict,
+                 data_config: ml_collections.ConfigDict) -> str | None:
+  """For an evaluator reading its own data: the config field still empty that it needs (the
+  paper configs name such evaluators for the user to point at their copy), else None."""
+  if not reads_own_data(eval_config):
+    return None
+  if eval_config.type == "zeroshot":
+    return None if eval_config.get("data_dir") != "" else f"config.evals.{name}.data_dir"
+  data = evaluator_data(eval_config, data_config)
+  needed = {"csv": ("path", "image_dir"), "array_record": ("eval_path",)}.get(data.kind, ())
+  return next((f"config.evals.{name}.data.{field}" for field in needed if not data[field]), None)
+
+
+def make_evaluator(eval_config: ml_collections.ConfigDict, data_config: ml_collections.ConfigDict,
+                   split: str | None = None):
+  """An evaluator from `config.evals.<name>` ({type, every_steps, data overrides, ks, split})
+  reading `split` of its data: the evaluator's own `split` if it has one ("all": every item),
+  else the `split` given (the run's validation or test split)."""
   from semclip_jax.data import make_source  # pylint: disable=import-outside-toplevel
 
   kind = eval_config.type
@@ -25,8 +61,10 @@ def make_evaluator(eval_config: ml_collections.ConfigDict, data_config: ml_colle
     raise ValueError(f"unknown evaluator type {kind!r}; choose one of {sorted(EVALUATORS)}")
   if kind == "zeroshot":  # reads TFDS datasets itself, not a triple source
     return ZeroShotEvaluator.from_config(eval_config)
-  data = ml_collections.ConfigDict(data_config.to_dict())
-  data.update(eval_config.get("data", {}))
+  data = evaluator_data(eval_config, data_config)
+  split = eval_config.get("split", split)
+  split = None if split == ALL else split
   if kind == "sugarcrepe_pp":  # needs per-item subset labels, which make_source cannot give
-    return SugarCrepePPEvaluator.from_config(data)
-  return EVALUATORS[kind](make_source(data, split=data.eval_split), data)
+    return SugarCrepePPEvaluator.from_config(data, split)
+  options = {"ks": tuple(eval_config.ks)} if eval_config.get("ks") else {}
+  return EVALUATORS[kind](make_source(data, split=split), data, **options)

@@ -10,12 +10,18 @@ import numpy as np
 from semclip_jax.evaluators import metrics
 from semclip_jax.evaluators.embed import CAPTION_KINDS, Metrics, TripleEvaluator
 
+# Text–text cosines kept beside the image–text ones, by key: (caption kind, caption kind). They
+# are the paper's distance analysis: how far a paraphrase, and a negation, sit from the original.
+TEXT_PAIRS = {"original_paraphrase": ("caption", "paraphrase"),
+              "original_negation": ("caption", "negation")}
+
 
 class CCNegEvaluator(TripleEvaluator):
   """Yields `accuracy` (cos(i, original) > cos(i, negation)), `scaled_accuracy`, `items`.
 
-  After `evaluate`, `similarities` holds the per-item cos(image, original / paraphrase /
-  negation): the distributions the report draws.
+  After `evaluate`, `similarities` holds the per-item cosines the report draws: under each caption
+  kind ("caption", "paraphrase", "negation") cos(image, that caption), and under each TEXT_PAIRS
+  key cos(original, paraphrase / negation).
   """
 
   def __init__(self, source, data_config: ml_collections.ConfigDict):
@@ -23,7 +29,9 @@ class CCNegEvaluator(TripleEvaluator):
     self.similarities: dict[str, np.ndarray] = {}
 
   def score(self, z: dict[str, Any]) -> Metrics:
-    self.similarities = {kind: np.sum(z["image"] * z[kind], axis=-1) for kind in CAPTION_KINDS}
+    cosines = lambda a, b: np.sum(a * b, axis=-1)  # the rows of z are unit vectors
+    self.similarities = {**{kind: cosines(z["image"], z[kind]) for kind in CAPTION_KINDS},
+                         **{key: cosines(z[a], z[b]) for key, (a, b) in TEXT_PAIRS.items()}}
     accuracy = metrics.ccneg_accuracy(z["image"], z["caption"], z["negation"])
     yield "accuracy", accuracy
     yield "scaled_accuracy", metrics.scaled_accuracy(accuracy)

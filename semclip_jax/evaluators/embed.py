@@ -182,8 +182,9 @@ class EvalRound:
     return self.encoder.texts(self.params, tokens)
 
   def triples(self, source, data_config: ml_collections.ConfigDict) -> dict[str, Any]:
-    """{"ids": [N], "image": [N, D], "caption"/"paraphrase"/"negation": [N, D]} (numpy float32,
-    read-only: shared). Records the pipeline's bad-input policy skips are absent, ids too."""
+    """{"ids": [N], "image_keys": [N] (rows sharing a key show the same image), "image": [N, D],
+    "caption"/"paraphrase"/"negation": [N, D]} (numpy float32, read-only: shared). Records the
+    pipeline's bad-input policy skips are absent, ids too."""
     key = data_key(source, data_config)
     if key not in self._triples:
       self._triples[key] = self._embed_triples(source, data_config)
@@ -197,17 +198,20 @@ class EvalRound:
     images = PaddedBatches(self.encode_images, batch_size, self.mesh)
     texts = PaddedBatches(self.encode_texts, k * batch_size, self.mesh)  # one call on 3B captions
     ids: list[str] = []
+    image_keys: list[str] = []
     try:
       for batch in pipeline:
         images.add(batch["image"])
         texts.add(batch["tokens"].reshape(-1, batch["tokens"].shape[-1]))  # [B, 3, L] -> [3B, L]
         ids.extend(str(i) for i in batch["id"])
+        image_keys.extend(str(k) for k in batch["image_key"])
     finally:
       pipeline.close()
     zi, z = images.result(), texts.result().reshape(len(ids), k, -1)
     for array in (zi, z):
       array.setflags(write=False)
-    return {"ids": ids, "image": zi, **{kind: z[:, i] for i, kind in enumerate(CAPTION_KINDS)}}
+    return {"ids": ids, "image_keys": image_keys, "image": zi,
+            **{kind: z[:, i] for i, kind in enumerate(CAPTION_KINDS)}}
 
 
 # ----------------------------------------------------------------------------------------------

@@ -17,16 +17,62 @@ def scaled_accuracy(accuracy: float) -> float:
   return max(0.0, 2.0 * (accuracy - 0.5))
 
 
-def topk_retrieval(queries: np.ndarray, keys: np.ndarray, ks: Sequence[int] = (1, 5, 10),
-                   chunk: int = 1024) -> dict[int, float]:
-  """Query i's match is key i. Recall@k: share of queries whose match ranks in the top k, the rank
-  being the number of *other* keys scoring at least as high (so a tie is a failure)."""
+def _recall(queries: np.ndarray, query_labels: np.ndarray, keys: np.ndarray,
+            key_labels: np.ndarray, ks: Sequence[int], chunk: int) -> dict[int, float]:
+  """Recall@k of `queries` [Q, D] against `keys` [K, D], a key matching a query when their labels
+  ([Q], [K]) are equal. A query's rank is the number of non-matching keys scoring at least as high
+  as its best-scoring match (so a tie is a failure); a hit is rank < k. Scores are computed `chunk`
+  queries at a time, so memory stays at a few [chunk, K] arrays (about 0.5 GB for 256 x 200k)."""
   hits = {k: 0 for k in ks}
   for start in range(0, len(queries), chunk):
-    scores = queries[start:start + chunk] @ keys.T
-    rows = np.arange(scores.shape[0])
-    positive = scores[rows, start + rows]
-    rank = np.sum(scores >= positive[:, None], axis=1) - 1  # minus the match itself
+    scores = queries[start:start + chunk] @ keys.T  # [chunk, K]
+    match = query_labels[start:start + chunk, None] == key_labels[None, :]
+    best = np.max(np.where(match, scores, -np.inf), axis=1)
+    rank = np.sum((scores >= best[:, None]) & ~match, axis=1)
+    # A query without matches (an image with no text) is a miss whatever k, as in CLIP_benchmark.
+    found = np.any(match, axis=1)
     for k in ks:
-      hits[k] += int(np.sum(rank < k))
+      hits[k] += int(np.sum(found & (rank < k)))
   return {k: hits[k] / len(queries) for k in ks}
+
+
+def row_retrieval(queries: np.ndarray, keys: np.ndarray, ks: Sequence[int] = (1, 5, 10),
+                  chunk: int = 256) -> dict[int, float]:
+  """Per-row protocol (the official SemCLIP code's): query i's only match is key i ([N, D] each).
+
+  Another row showing the same image is a distractor whose embedding ties with the match, so a
+  perfect model scores near 0 when images repeat; use `image_retrieval` for such data.
+  """
+  if len(queries) != len(keys):
+    raise ValueError(f"{len(queries)} queries, {len(keys)} keys: the per-row protocol pairs them")
+  rows = np.arange(len(keys))
+  return _recall(queries, rows, keys, rows, ks, chunk)
+
+
+def image_retrieval(images: np.ndarray, texts: np.ndarray, text_image: np.ndarray,
+                    ks: Sequence[int] = (1, 5, 10), chunk: int = 256
+                    ) -> dict[str, dict[int, float]]:
+  """Retrieval by image identity (LAION CLIP_benchmark / open_clip): `images` [M, D] holds each
+  distinct image once, `texts` [N, D], `text_image` [N] the index in `images` of each text's image.
+
+  `"t2i"`: share of texts whose image ranks in the top k of the M images; `"i2t"`: share of images
+  with any of their texts in the top k of the N texts. Each maps k -> recall.
+  """
+  text_image = np.asarray(text_image)
+  if text_image.shape != (len(texts),):
+    raise ValueError(f"text_image has shape {text_image.shape}; want ({len(texts)},)")
+  if len(text_image) and (text_image.min() < 0 or text_image.max() >= len(images)):
+    raise ValueError(f"text_image indices must lie in [0, {len(images)})")
+  image_ids = np.arange(len(images))
+  return {"t2i": _recall(texts, text_image, images, image_ids, ks, chunk),
+          "i2t": _recall(images, image_ids, texts, text_image, ks, chunk)}
+
+
+def image_groups(image_keys: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+  """Per-row image keys [N] -> (first row of each distinct image [M], each row's image index
+  [N]), images numbered in order of first appearance."""
+  number: dict[str, int] = {}
+  text_image = np.fromiter((number.setdefault(key, len(number)) for key in image_keys),
+                           dtype=np.int64, count=len(image_keys))
+  # Numbers are given in order of first appearance, so unique's sorted order is that order too.
+  return np.unique(text_image, return_index=True)[1], text_image

@@ -1,29 +1,40 @@
-"""Text-to-image and image-to-text retrieval, for original captions and for paraphrases."""
+"""Text-to-image and image-to-text retrieval by image identity, for original captions and for
+paraphrases (the protocol of LAION's CLIP_benchmark and open_clip)."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
 import ml_collections
 
 from semclip_jax.evaluators import metrics
 from semclip_jax.evaluators.embed import Metrics, TripleEvaluator
 
+# The texts retrieval is scored on: (caption kind in the triples, metric-name suffix).
+RETRIEVAL_TEXTS = (("caption", "original"), ("paraphrase", "paraphrase"))
+
 
 class RetrievalEvaluator(TripleEvaluator):
-  """Yields e.g. `t2i_top1_original`, `i2t_top5_paraphrase` for k in `ks`.
+  """Yields `t2i_recall@{k}_{original,paraphrase}`, `i2t_recall@{k}_{...}` for k in `ks`, and the
+  `images` (distinct) and `texts` counts.
 
-  Item i's image is the match of item i's captions, as in the paper's evaluation; a dataset with
-  several captions per image therefore counts the other copies of the image as distractors.
+  Rows with the same `image_keys` entry show the same image: the gallery holds each distinct image
+  once (its first row), a text matches its own image, and an image matches every text of it, so a
+  dataset with several captions per image does not count copies of the match as distractors.
   """
 
-  def __init__(self, source, data_config: ml_collections.ConfigDict, ks=(1, 5, 10)):
+  def __init__(self, source, data_config: ml_collections.ConfigDict,
+               ks: Sequence[int] = (1, 5, 10)):
     super().__init__(source, data_config)
     self.ks = tuple(ks)
 
   def score(self, z: dict[str, Any]) -> Metrics:
-    for kind, name in (("caption", "original"), ("paraphrase", "paraphrase")):
-      for direction, (queries, keys) in (("t2i", (z[kind], z["image"])),
-                                         ("i2t", (z["image"], z[kind]))):
-        for k, value in metrics.topk_retrieval(queries, keys, self.ks).items():
-          yield f"{direction}_top{k}_{name}", value
+    gallery, text_image = metrics.image_groups(z["image_keys"])
+    images = z["image"][gallery]  # [M, D]
+    for kind, name in RETRIEVAL_TEXTS:
+      for direction, recalls in metrics.image_retrieval(images, z[kind], text_image,
+                                                        self.ks).items():
+        for k, value in recalls.items():
+          yield f"{direction}_recall@{k}_{name}", value
+    yield "images", float(len(gallery))
+    yield "texts", float(len(text_image))

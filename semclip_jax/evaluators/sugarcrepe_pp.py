@@ -154,7 +154,8 @@ def _select(triples: list[sources.Triple], subsets: list[str], split: str | None
     return triples, subsets
   ratios = tuple(data_config.get("ratios", (0.8, 0.1, 0.1)))
   chosen = sources.select_split(triples, split, ratios=ratios,
-                                seed=data_config.get("split_seed", 0), split_column=split_column)
+                                seed=data_config.get("split_seed", 0), split_column=split_column,
+                                split_by=data_config.get("split_by", "image"))
   keep = {t.id for t in chosen}
   pairs = [(t, s) for t, s in zip(triples, subsets) if t.id in keep]
   return [t for t, _ in pairs], [s for _, s in pairs]
@@ -214,16 +215,17 @@ class SugarCrepePPEvaluator(TripleEvaluator):
     return cls(sources.TripleFileSource(triples, image_dir), subsets, data_config)
 
   @classmethod
-  def from_config(cls, data_config: ml_collections.ConfigDict) -> SugarCrepePPEvaluator:
+  def from_config(cls, data_config: ml_collections.ConfigDict, split: str | None
+                  ) -> SugarCrepePPEvaluator:
     """As `config.evals.<name>` with type "sugarcrepe_pp" asks: `data.path` the paper's CSV, an
-    official `.json` file or a folder of them; `data.image_dir` the images; the items of
-    `data.eval_split` (None: all 4,757), split by image as for training."""
+    official `.json` file or a folder of them; `data.image_dir` the images; the items of `split`
+    (None: all 4,757), split as for training (`data.split_by`)."""
     path = data_config.path
     if not path or not os.path.exists(path):
       raise FileNotFoundError(f"config.data.path={path!r} (SugarCrepe++ CSV or JSON folder) does "
                               "not exist")
     build = cls.from_json if os.path.isdir(path) or path.endswith(".json") else cls.from_csv
-    return build(path, data_config.image_dir, data_config, split=data_config.get("eval_split"))
+    return build(path, data_config.image_dir, data_config, split=split)
 
   def subset_names(self) -> list[str]:
     """Known subsets present: the official ones first, in DESIGN.md's order, then others."""

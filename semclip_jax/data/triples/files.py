@@ -128,7 +128,8 @@ def write_records(table: Table, results: Mapping[str, Mapping[str, FieldResult]]
         continue
       record = table.source[index]
       texts = [_field(results, row["caption"], kind).text or None for kind in KINDS]
-      yield shard_writer.Item(row["id"], row["caption"], *texts, image=record.get("image"))
+      yield shard_writer.Item(row["id"], row["caption"], *texts, image=record.get("image"),
+                              image_key=record.get("image_key"))
 
   # The results belong to the settings: a folder holding shards of other answers is refused.
   return shard_writer.write_shards(reader, output_dir, {**settings, "results": _digest(results)},
