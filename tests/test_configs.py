@@ -11,6 +11,8 @@ from PIL import Image
 
 from semclip_jax import config as config_lib
 from semclip_jax import objective, train
+from semclip_jax.data import sources
+from semclip_jax.evaluators import sugarcrepe_pp
 
 CONFIGS = pathlib.Path(__file__).resolve().parents[1] / "configs"
 NAMES = ["shapes", "ccneg", "sugarcrepe_pp", "cc3m"]
@@ -132,3 +134,17 @@ def test_paper_compat_is_one_argument_and_each_part_a_field(name):
   train.validate_config(compat, 8)
   both = load(name, "paper_compat,runlocal")
   assert both.loss.paper_compat and both.model.preset == "tiny" and both.total_steps <= 20
+
+
+def test_ccneg_config_scores_zero_shot_and_all_of_sugarcrepe_pp_as_test_data(tmp_path):
+  config = load("ccneg")
+  with open(sources.SUGARCREPE_PP_CSV, newline="", encoding="utf-8") as f:
+    names = list(dict.fromkeys(row["filename"] for row in csv.DictReader(f)))
+  for name in names[:sugarcrepe_pp.IMAGES_CHECKED]:  # the images looked for up front
+    (tmp_path / name).write_bytes(b"")
+  config.evals.sugarcrepe_pp.data.image_dir = str(tmp_path)
+  config.evals.zeroshot.data_dir = str(tmp_path)
+  config.data.update(eval_split="", test_split="")  # the run's own CC-Neg files are not needed here
+  val, test = train.build_evaluators(config, train.eval_data_config(config))
+  assert val == {} and sorted(test) == ["sugarcrepe_pp", "zeroshot"]
+  assert len(test["sugarcrepe_pp"].source) == 4757 and test["zeroshot"].data_dir == str(tmp_path)
