@@ -250,11 +250,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     checkpointer.close()
 
 
-def build_evaluators(config: ml_collections.ConfigDict, data: ml_collections.ConfigDict
-                     ) -> tuple[dict[str, Any], dict[str, Any]]:
+def build_evaluators(config: ml_collections.ConfigDict, data: ml_collections.ConfigDict, *,
+                     validation: bool = True) -> tuple[dict[str, Any], dict[str, Any]]:
   """({name: evaluator of the validation split}, {name: evaluator of the test split, or of data
   of its own}). Built before training, so a missing file fails before the first step; an
-  evaluator whose own data the config leaves empty is skipped with one line naming the field."""
+  evaluator whose own data the config leaves empty is skipped with one line naming the field.
+  `validation=False` (the test round alone, `evaluate`) builds no validation evaluator: each
+  would read its data and cut its split for nothing."""
   val, test = {}, {}
   for name, eval_config in config.evals.items():
     if reads_own_data(eval_config):
@@ -264,7 +266,7 @@ def build_evaluators(config: ml_collections.ConfigDict, data: ml_collections.Con
       else:
         test[name] = make_evaluator(eval_config, data)
       continue
-    if config.data.eval_split:
+    if validation and config.data.eval_split:
       val[name] = make_evaluator(eval_config, data, config.data.eval_split)
     if config.data.test_split:
       test[name] = make_evaluator(eval_config, data, config.data.test_split)
@@ -354,7 +356,8 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float
   if not config.data.test_split:
     raise ValueError("config.data.test_split is empty: --mode=eval scores the test split")
   model, step = restore_model(config, workdir, mesh)
-  _, evaluators = build_evaluators(config, eval_data_config(config, model.config.vision.image_size))
+  _, evaluators = build_evaluators(config, eval_data_config(config, model.config.vision.image_size),
+                                   validation=False)
   results = evaluate_model(evaluators, EvalRound.of_model(model, mesh), workdir, TEST)
   if jax.process_index() == 0:
     write_results(workdir, step, results, f"evaluation of step {step}")

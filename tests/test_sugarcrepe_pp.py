@@ -232,7 +232,7 @@ def _scpp_config_evaluators(csv_path, image_dir):
   config.data.update(path=str(csv_path), image_dir=str(image_dir), batch_size=8, image_size=32,
                      context_length=32)
   data = train.eval_data_config(config)
-  return train.build_evaluators(config, data)[1], data  # the test round's
+  return train.build_evaluators(config, data, validation=False)[1], data  # the test round's
 
 
 def test_two_rounds_embed_the_split_once_and_compile_each_tower_once_per_shape(
