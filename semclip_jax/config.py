@@ -29,7 +29,13 @@ def base_config() -> ml_collections.ConfigDict:
   c.max_consecutive_skips = 10  # non-finite steps in a row before training stops
   c.model = ml_collections.ConfigDict()
   c.model.preset = "tiny"  # tiny | B/32 | B/16 | L/14 (ignored when init_from is set)
-  c.model.init_from = ""  # a Hugging Face CLIP folder or hub id to start from
+  # A pretrained CLIP to start from: a Hugging Face folder or hub id, or an open_clip / OpenAI-
+  # layout checkpoint (.safetensors/.pt/.pth/.bin/.ckpt, or an open_clip folder).
+  c.model.init_from = ""
+  # For an open_clip / OpenAI-layout init_from: its architecture, an open_clip name (ViT-B-32,
+  # ViT-B-32-quickgelu, ViT-B-16, ViT-L-14, ...) or model-config JSON; "" = the folder's
+  # open_clip_config.json, else inferred from the tensor shapes (OpenAI's rule, quick_gelu).
+  c.model.init_arch = ""
   c.model.dtype = "float32"  # compute dtype: float32 | bfloat16 (parameters stay float32)
   c.model.remat = "none"  # backward recomputation per block: none | full | dots (layers.py)
   c.loss = objective.default_config()

@@ -19,7 +19,7 @@ from flax import nnx
 
 from semclip_jax import atomic_io
 from semclip_jax.data.transforms import CLIP_MEAN, CLIP_STD
-from semclip_jax.models.clip import CLIP
+from semclip_jax.models.clip import CLIP, clip_from_arrays
 from semclip_jax.models.model_config import CLIPConfig, TextConfig, VisionConfig
 from semclip_jax.sharding import path_str
 
@@ -216,14 +216,13 @@ def load_hf_clip(path_or_repo_id: str, *, dtype=jnp.float32, revision: str | Non
   """
   folder = resolve_folder(path_or_repo_id, revision)
   config = read_config(folder)
-  abstract = nnx.eval_shape(lambda: CLIP(config, dtype=dtype, rngs=nnx.Rngs(0)))
-  graphdef, state = nnx.split(abstract)
+  abstract = nnx.eval_shape(lambda: CLIP(config, rngs=nnx.Rngs(0)))
   table = name_map(config)
-  flat = nnx.to_flat_state(state)
-  tensors = read_hf_tensors(folder, [table[path_str(path)][0] for path, _ in flat])
-  values = []
+  flat = [(path_str(path), variable) for path, variable in nnx.to_flat_state(nnx.state(abstract))]
+  tensors = read_hf_tensors(folder, [table[path][0] for path, _ in flat])
+  values = {}
   for path, variable in flat:
-    hf_name, transform = table[path_str(path)]
+    hf_name, transform = table[path]
     array, file = tensors[hf_name]
     value = transform.from_hf(array)
     if value.shape != variable.shape:
@@ -231,8 +230,8 @@ def load_hf_clip(path_or_repo_id: str, *, dtype=jnp.float32, revision: str | Non
                        f"implies {tuple(transform.to_hf(np.empty(variable.shape)).shape)}")
     if not np.issubdtype(array.dtype, np.floating) and array.dtype.name != "bfloat16":
       raise ValueError(f"{file}: tensor {hf_name} has non-float dtype {array.dtype}")
-    values.append((path, variable.replace(jnp.asarray(value, jnp.float32))))
-  return nnx.merge(graphdef, nnx.from_flat_state(values))
+    values[path] = value
+  return clip_from_arrays(config, values, dtype=dtype)
 
 
 def hf_state_dict(model: CLIP) -> dict[str, np.ndarray]:

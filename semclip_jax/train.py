@@ -21,7 +21,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from semclip_jax import checkpointing, hf, objective, optim, sharding, train_step
+from semclip_jax import checkpointing, hf, objective, openclip, optim, sharding, train_step
 from semclip_jax import data as data_lib
 from semclip_jax.data import input_pipeline
 from semclip_jax.evaluators import (EVALUATORS, Encoder, EvalRound, make_evaluator, missing_data,
@@ -29,6 +29,7 @@ from semclip_jax.evaluators import (EVALUATORS, Encoder, EvalRound, make_evaluat
 from semclip_jax.metrics_writer import MetricsWriter, results_table
 from semclip_jax.models import create_clip, get_preset
 from semclip_jax.models.layers import REMAT_POLICIES, set_remat
+from semclip_jax.pretrained import load_pretrained
 
 logger = logging.getLogger(__name__)
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -66,8 +67,10 @@ def _validate_evals(config: ml_collections.ConfigDict) -> None:
     if eval_config.get("type") not in EVALUATORS:
       raise ValueError(f"config.evals.{name}.type={eval_config.get('type')!r} is not one of "
                        f"{sorted(EVALUATORS)}")
-    if eval_config.get("ks") and eval_config.type not in ("retrieval", "official"):
-      raise ValueError(f"config.evals.{name}.ks: only retrieval and official evaluators take ks")
+    if eval_config.get("ks") and eval_config.type not in ("retrieval", "official",
+                                                          "negbench_retrieval"):
+      raise ValueError(f"config.evals.{name}.ks: only the retrieval evaluators (retrieval, "
+                       "official, negbench_retrieval) take ks")
     overridden = {"eval_split", "test_split"} & set(eval_config.get("data", {}))
     if overridden:
       raise ValueError(f"config.evals.{name}.data.{sorted(overridden)[0]}: an evaluator reads the "
@@ -101,7 +104,8 @@ def eval_data_config(config: ml_collections.ConfigDict, image_size: int | None =
 def build_model(config: ml_collections.ConfigDict):
   dtype = DTYPES[config.model.dtype]
   if config.model.init_from:
-    model = hf.load_hf_clip(config.model.init_from, dtype=dtype)
+    model = load_pretrained(config.model.init_from, config.model.get("init_arch", ""),
+                            dtype=dtype)
   else:
     model = create_clip(get_preset(config.model.preset), seed=config.seed, dtype=dtype)
   return set_remat(model, config.model.remat)
@@ -348,23 +352,30 @@ def restore_model(config: ml_collections.ConfigDict, workdir: str, mesh):
     checkpointer.close()
 
 
-def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
+def evaluate(config: ml_collections.ConfigDict, workdir: str, results_dir: str | None = None
+             ) -> dict[str, float]:
   """The test round of the config's evaluators (config.data.test_split, and evaluators reading
-  data of their own) on the latest checkpoint (or init_from); writes results.json."""
+  data of their own) on the latest checkpoint in `workdir` (or init_from); writes results.json
+  (and the report's per-item cosines) to `results_dir`, by default `workdir`."""
   mesh = make_mesh(config)
   validate_config(config, mesh.size)
   if not config.data.test_split:
     raise ValueError("config.data.test_split is empty: --mode=eval scores the test split")
+  results_dir = results_dir or workdir
   model, step = restore_model(config, workdir, mesh)
   _, evaluators = build_evaluators(config, eval_data_config(config, model.config.vision.image_size),
                                    validation=False)
-  results = evaluate_model(evaluators, EvalRound.of_model(model, mesh), workdir, TEST)
+  results = evaluate_model(evaluators, EvalRound.of_model(model, mesh), results_dir, TEST)
   if jax.process_index() == 0:
-    write_results(workdir, step, results, f"evaluation of step {step}")
+    write_results(results_dir, step, results, f"evaluation of step {step}")
   return results
 
 
-def export(config: ml_collections.ConfigDict, workdir: str) -> str:
-  """Writes the latest checkpoint's model as a Hugging Face CLIP folder to workdir/hf."""
+def export(config: ml_collections.ConfigDict, workdir: str) -> dict[str, str]:
+  """Writes the latest checkpoint's model as a Hugging Face CLIP folder (workdir/hf) and an
+  open_clip folder (workdir/open_clip); returns {format: folder}."""
   model, _ = restore_model(config, workdir, make_mesh(config))
-  return hf.save_hf_clip(model, os.path.join(workdir, "hf"))
+  return {"hf": hf.save_hf_clip(model, os.path.join(workdir, "hf")),
+          "open_clip": openclip.save_openclip(model, os.path.join(workdir, "open_clip"),
+                                              normalization=config.data.normalization,
+                                              resize=config.data.resize)}

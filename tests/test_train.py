@@ -13,7 +13,7 @@ import pytest
 import safetensors.numpy
 import transformers
 
-from semclip_jax import checkpointing, report, train
+from semclip_jax import checkpointing, hf, openclip, report, train
 from semclip_jax.data import input_pipeline
 from semclip_jax.evaluators.embed import count_compilations
 from semclip_jax.metrics_writer import read_metrics
@@ -82,9 +82,12 @@ def test_shapes_run_end_to_end(tmp_path):
   test_results = {k: v for k, v in results.items() if k.startswith("test/")}
   assert train.evaluate(config, str(tmp_path)) == pytest.approx(test_results, abs=1e-6)
   (tmp_path / "hf" / "model.safetensors").unlink()
-  train.export(config, str(tmp_path))
+  written = train.export(config, str(tmp_path))
   again = safetensors.numpy.load_file(str(tmp_path / "hf" / "model.safetensors"))
   assert all(np.array_equal(exported[k], again[k]) for k in exported)
+  # The open_clip folder beside it holds the same weights.
+  from_openclip = hf.hf_state_dict(openclip.load_openclip(written["open_clip"]))
+  assert all(np.array_equal(from_openclip[k], again[k]) for k in again)
 
 
 def _command(workdir, *extra):

@@ -8,7 +8,7 @@ embeddings through a fixed orthonormal P), then backward, global-norm clipping a
 with the same learning-rate schedule, weight-decay subset and frozen parameters.
 
 The peer is an `open_clip.model.CLIP` built from our preset's architecture and loaded with our
-model's initial weights (translated through the Hugging Face names of `semclip_jax.hf`), so the
+model's initial weights (through the name map of `semclip_jax.openclip`), so the
 first step's loss must agree to float tolerance: that is the proof that both time the same step.
 What differs is what each implementation does by design: ours runs the text tower on the
 batch's length bucket, open_clip always on all 77 positions.
@@ -38,7 +38,7 @@ import jaxlib
 import numpy as np
 from flax import nnx
 
-from semclip_jax import hf, losses, optim
+from semclip_jax import losses, openclip, optim
 from semclip_jax.bench import flops, peak as peak_lib, results as results_lib, step as step_lib
 from semclip_jax.models.model_config import CLIPConfig, get_preset
 from semclip_jax.sharding import path_str
@@ -55,9 +55,7 @@ except ImportError:
   open_clip = None
 
 INSTALL_HINT = "pip install -e '.[bench]'"
-PEER_LAYER_NORM_EPS = 1e-5  # open_clip's LayerNorm takes torch's default eps
 BUSY_LOAD = 0.5  # 1-minute load average at start above which the machine was not idle
-PEER_ACTIVATIONS = ("quick_gelu", "gelu")  # QuickGELU or nn.GELU (exact), as open_clip builds them
 
 
 def require_peers(*, need_open_clip: bool = True) -> None:
@@ -70,126 +68,21 @@ def require_peers(*, need_open_clip: bool = True) -> None:
 
 
 # ----------------------------------------------------------------------------------------------
-# Weights: Hugging Face CLIPModel names (our interchange layout) -> open_clip names.
-# ----------------------------------------------------------------------------------------------
-COPY, TRANSPOSE, CONCAT = "copy", "transpose", "concat"
-
-# open_clip name -> HF name; projections are [in, out] matrices in open_clip, [out, in] in HF.
-_PEER_TOP_LEVEL: list[tuple[str, tuple[str, ...], str]] = [
-    ("logit_scale", ("logit_scale",), COPY),
-    ("visual.conv1.weight", ("vision_model.embeddings.patch_embedding.weight",), COPY),
-    ("visual.class_embedding", ("vision_model.embeddings.class_embedding",), COPY),
-    ("visual.positional_embedding", ("vision_model.embeddings.position_embedding.weight",), COPY),
-    ("visual.ln_pre.weight", ("vision_model.pre_layrnorm.weight",), COPY),
-    ("visual.ln_pre.bias", ("vision_model.pre_layrnorm.bias",), COPY),
-    ("visual.ln_post.weight", ("vision_model.post_layernorm.weight",), COPY),
-    ("visual.ln_post.bias", ("vision_model.post_layernorm.bias",), COPY),
-    ("visual.proj", ("visual_projection.weight",), TRANSPOSE),
-    ("token_embedding.weight", ("text_model.embeddings.token_embedding.weight",), COPY),
-    ("positional_embedding", ("text_model.embeddings.position_embedding.weight",), COPY),
-    ("ln_final.weight", ("text_model.final_layer_norm.weight",), COPY),
-    ("ln_final.bias", ("text_model.final_layer_norm.bias",), COPY),
-    ("text_projection", ("text_projection.weight",), TRANSPOSE),
-]
-
-# Per residual block; nn.MultiheadAttention holds q, k, v as one [3d, d] matrix (rows q, k, v).
-_PEER_PER_BLOCK: list[tuple[str, tuple[str, ...], str]] = [
-    ("ln_1.weight", ("layer_norm1.weight",), COPY),
-    ("ln_1.bias", ("layer_norm1.bias",), COPY),
-    ("attn.in_proj_weight", tuple(f"self_attn.{x}_proj.weight" for x in "qkv"), CONCAT),
-    ("attn.in_proj_bias", tuple(f"self_attn.{x}_proj.bias" for x in "qkv"), CONCAT),
-    ("attn.out_proj.weight", ("self_attn.out_proj.weight",), COPY),
-    ("attn.out_proj.bias", ("self_attn.out_proj.bias",), COPY),
-    ("ln_2.weight", ("layer_norm2.weight",), COPY),
-    ("ln_2.bias", ("layer_norm2.bias",), COPY),
-    ("mlp.c_fc.weight", ("mlp.fc1.weight",), COPY),
-    ("mlp.c_fc.bias", ("mlp.fc1.bias",), COPY),
-    ("mlp.c_proj.weight", ("mlp.fc2.weight",), COPY),
-    ("mlp.c_proj.bias", ("mlp.fc2.bias",), COPY),
-]
-
-
-def openclip_name_map(config: CLIPConfig) -> dict[str, tuple[tuple[str, ...], str]]:
-  """open_clip parameter name -> (the HF tensor names it is made of, how: copy/transpose/concat)."""
-  table = {name: (sources, how) for name, sources, how in _PEER_TOP_LEVEL}
-  for peer_tower, hf_tower, layers in (
-      ("visual.transformer", "vision_model.encoder", config.vision.num_hidden_layers),
-      ("transformer", "text_model.encoder", config.text.num_hidden_layers)):
-    for i in range(layers):
-      for name, sources, how in _PEER_PER_BLOCK:
-        table[f"{peer_tower}.resblocks.{i}.{name}"] = (
-            tuple(f"{hf_tower}.layers.{i}.{s}" for s in sources), how)
-  return table
-
-
-def openclip_arrays(hf_named: dict[str, np.ndarray], config: CLIPConfig) -> dict[str, np.ndarray]:
-  """Our weights under HF names (`hf.hf_state_dict`) -> float32 numpy under open_clip's names.
-
-  Every HF tensor must be used exactly once: a missing or an unused one raises KeyError.
-  """
-  table = openclip_name_map(config)
-  wanted = {s for sources, _ in table.values() for s in sources}
-  missing, unused = sorted(wanted - set(hf_named)), sorted(set(hf_named) - wanted)
-  if missing or unused:
-    raise KeyError(f"HF weights do not fit open_clip's CLIP for this config: missing "
-                   f"{missing[:8]}, unused {unused[:8]}")
-  out = {}
-  for name, (sources, how) in table.items():
-    arrays = [np.asarray(hf_named[s], np.float32) for s in sources]
-    if how == CONCAT:
-      value = np.concatenate(arrays, axis=0)
-    elif how == TRANSPOSE:
-      value = arrays[0].T
-    else:
-      value = arrays[0]
-    out[name] = np.array(value, order="C")  # a copy: torch.from_numpy shares memory
-  return out
-
-
-def openclip_state_dict(hf_named: dict[str, np.ndarray], config: CLIPConfig
-                        ) -> dict[str, "torch.Tensor"]:
-  """`openclip_arrays` as torch tensors, ready for `load_state_dict(strict=True)`."""
-  require_peers(need_open_clip=False)
-  return {name: torch.from_numpy(value) for name, value in openclip_arrays(hf_named, config).items()}
-
-
-def our_paths_by_hf_name(config: CLIPConfig) -> dict[str, str]:
-  """HF tensor name -> our parameter path inside the `Trainee` (the optimizer's names)."""
-  return {hf_name: f"model.{ours}" for ours, (hf_name, _) in hf.name_map(config).items()}
-
-
-# ----------------------------------------------------------------------------------------------
-# The peer model and loss.
+# The peer model: open_clip's CLIP of our config, with our weights (`semclip_jax.openclip`).
 # ----------------------------------------------------------------------------------------------
 def openclip_model(config: CLIPConfig) -> "OpenCLIP":
   """A randomly initialised `open_clip.model.CLIP` of our config's architecture."""
   require_peers()
-  v, t = config.vision, config.text
-  acts = {v.hidden_act, t.hidden_act}
-  if len(acts) > 1 or not acts <= set(PEER_ACTIVATIONS):
-    raise ValueError(f"open_clip builds both towers with one of {PEER_ACTIVATIONS}; this config "
-                     f"uses {sorted(acts)}")
-  if {v.layer_norm_eps, t.layer_norm_eps} != {PEER_LAYER_NORM_EPS}:
-    raise ValueError(f"open_clip's LayerNorm eps is {PEER_LAYER_NORM_EPS}; this config uses "
-                     f"{v.layer_norm_eps} / {t.layer_norm_eps}")
-  if v.hidden_size % v.num_attention_heads or t.hidden_size % t.num_attention_heads:
-    raise ValueError("hidden sizes must be divisible by the attention heads")
-  vision = CLIPVisionCfg(layers=v.num_hidden_layers, width=v.hidden_size,
-                         head_width=v.hidden_size // v.num_attention_heads,
-                         mlp_ratio=v.intermediate_size / v.hidden_size, patch_size=v.patch_size,
-                         image_size=v.image_size)
-  # Text pooling: open_clip reads the token of the largest id (pool_type 'argmax'); ours the first
-  # EOS. The same position: EOS (49407) is the largest id and our tokenizer pads with 0.
-  text = CLIPTextCfg(context_length=t.max_position_embeddings, vocab_size=t.vocab_size,
-                     width=t.hidden_size, heads=t.num_attention_heads, layers=t.num_hidden_layers,
-                     mlp_ratio=t.intermediate_size / t.hidden_size)
-  return OpenCLIP(config.projection_dim, vision, text, quick_gelu=acts == {"quick_gelu"})
+  cfg = openclip.model_cfg_of(config)
+  return OpenCLIP(cfg["embed_dim"], CLIPVisionCfg(**cfg["vision_cfg"]),
+                  CLIPTextCfg(**cfg["text_cfg"]), quick_gelu=cfg["quick_gelu"])
 
 
-def load_into_openclip(peer: "OpenCLIP", hf_named: dict[str, np.ndarray], config: CLIPConfig
-                       ) -> None:
-  """Copies our weights into the peer; strict: every parameter and persistent buffer is set."""
-  peer.load_state_dict(openclip_state_dict(hf_named, config), strict=True)
+def load_into_openclip(peer: "OpenCLIP", model) -> None:
+  """Copies our model's weights into the peer; strict: every parameter and buffer is set."""
+  require_peers()
+  peer.load_state_dict({name: torch.from_numpy(value)
+                        for name, value in openclip.openclip_arrays(model).items()}, strict=True)
 
 
 def paper_semclip_loss(zi: "torch.Tensor", zt: "torch.Tensor", zp: "torch.Tensor",
@@ -251,7 +144,7 @@ class PeerStep:
     trainee = step_bench.trainee()
     torch.manual_seed(config.seed)
     self.model = openclip_model(self.model_config)
-    load_into_openclip(self.model, hf.hf_state_dict(trainee.model), self.model_config)
+    load_into_openclip(self.model, trainee.model)
     self.model.train()
 
     objective = trainee.objective
@@ -286,11 +179,10 @@ class PeerStep:
     decay_temperature = config.optim.decay_compat_temperature or config.optim.decay_all
     decay_mask = optim.decay_mask(params, decay_temperature, config.optim.decay_all)
     decayed = {path_str(p) for p, v in jax.tree_util.tree_flatten_with_path(decay_mask)[0] if v}
-    ours = our_paths_by_hf_name(self.model_config)
     decay, no_decay, frozen = [], [], set()
     named = dict(self.model.named_parameters())
-    for name, (sources, _) in openclip_name_map(self.model_config).items():
-      paths = [ours[s] for s in sources]
+    for name, (ours, _) in openclip.name_map(self.model_config).items():
+      paths = [f"model.{p}" for p in ours]  # the Trainee's (the optimizer's) names
       is_frozen = {optim.is_frozen(p.split("."), tuple(config.optim.freeze)) for p in paths}
       decays = {p in decayed for p in paths}
       if len(is_frozen) > 1 or len(decays) > 1:

@@ -55,6 +55,15 @@ def squash(pil: Image.Image, size: int) -> np.ndarray:
   return np.asarray(pil.resize((size, size), Image.Resampling.BILINEAR))
 
 
+def eval_resize(pil: Image.Image, size: int, resize: str = "shortest_side_crop") -> np.ndarray:
+  """The eval resize named by `data.resize` (`RESIZES`): uint8 HWC [size, size, 3] out."""
+  if resize == "squash":
+    return squash(pil, size)
+  if resize == "shortest_side_crop":
+    return resize_shortest_and_center_crop(pil, size)
+  raise ValueError(f"unknown data.resize {resize!r}; choose one of {list(RESIZES)}")
+
+
 def random_resized_crop_box(width: int, height: int, rng: np.random.Generator,
                             scale: tuple[float, float], ratio=(3 / 4, 4 / 3)
                             ) -> tuple[int, int, int, int]:

@@ -8,24 +8,29 @@ import ml_collections
 
 from semclip_jax.evaluators.ccneg import CCNegEvaluator
 from semclip_jax.evaluators.embed import Encoder, EvalRound, Evaluator
+from semclip_jax.evaluators.negbench import NegBenchMCQEvaluator, NegBenchRetrievalEvaluator
 from semclip_jax.evaluators.official import OfficialEvaluator
 from semclip_jax.evaluators.retrieval import RetrievalEvaluator
 from semclip_jax.evaluators.sugarcrepe_pp import SugarCrepePPEvaluator
 from semclip_jax.evaluators.zeroshot import ZeroShotEvaluator
 
-EVALUATORS = {"ccneg": CCNegEvaluator, "official": OfficialEvaluator,
+EVALUATORS = {"ccneg": CCNegEvaluator, "negbench_mcq": NegBenchMCQEvaluator,
+              "negbench_retrieval": NegBenchRetrievalEvaluator, "official": OfficialEvaluator,
               "retrieval": RetrievalEvaluator, "sugarcrepe_pp": SugarCrepePPEvaluator,
               "zeroshot": ZeroShotEvaluator}
+# Evaluators reading files of their own named in their config (`path`), not a triple source.
+OWN_FILES = ("negbench_mcq", "negbench_retrieval")
 
 
 ALL = "all"  # as an evaluator's own `split`: every item of its data
 
 
 def reads_own_data(eval_config: ml_collections.ConfigDict) -> bool:
-  """Whether `config.evals.<name>` reads data of its own (zero-shot's datasets, or a fixed
-  `split` of its data, e.g. a cross-benchmark) rather than the run's validation and test splits.
-  Such data is test data: scored once at the end, never for selection."""
-  return eval_config.get("type") == "zeroshot" or eval_config.get("split") is not None
+  """Whether `config.evals.<name>` reads data of its own (zero-shot's datasets, NegBench's
+  files, or a fixed `split` of its data, e.g. a cross-benchmark) rather than the run's validation
+  and test splits. Such data is test data: scored once at the end, never for selection."""
+  return (eval_config.get("type") in ("zeroshot", *OWN_FILES)
+          or eval_config.get("split") is not None)
 
 
 def evaluator_data(eval_config: ml_collections.ConfigDict, data_config: ml_collections.ConfigDict
@@ -44,6 +49,8 @@ def missing_data(name: str, eval_config: ml_collections.ConfigDict,
     return None
   if eval_config.type == "zeroshot":
     return None if eval_config.get("data_dir") != "" else f"config.evals.{name}.data_dir"
+  if eval_config.type in OWN_FILES:
+    return None if eval_config.get("path") else f"config.evals.{name}.path"
   data = evaluator_data(eval_config, data_config)
   needed = {"csv": ("path", "image_dir"), "array_record": ("eval_path",)}.get(data.kind, ())
   return next((f"config.evals.{name}.data.{field}" for field in needed if not data[field]), None)
@@ -62,6 +69,8 @@ def make_evaluator(eval_config: ml_collections.ConfigDict, data_config: ml_colle
   if kind == "zeroshot":  # reads TFDS datasets itself, not a triple source
     return ZeroShotEvaluator.from_config(eval_config)
   data = evaluator_data(eval_config, data_config)
+  if kind in OWN_FILES:  # reads its CSV files itself; data gives batch size and image transform
+    return EVALUATORS[kind].from_config(eval_config, data)
   split = eval_config.get("split", split)
   split = None if split == ALL else split
   if kind == "sugarcrepe_pp":  # needs per-item subset labels, which make_source cannot give

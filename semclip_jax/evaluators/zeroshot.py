@@ -138,27 +138,37 @@ def class_embeddings(encode_texts: Encode, tokenizer: CLIPTokenizer, class_names
 
 
 class _EvalImage:
-  """TFDS record -> {"image": float32 [S, S, 3], "label"}, with the project's eval transform."""
+  """Record {"image": uint8 HWC array or PIL image, "label"} -> {"image": float32 [S, S, 3],
+  "label"}, with the project's eval transform (`data.resize`, `data.normalization`)."""
 
-  def __init__(self, image_size: int):
+  def __init__(self, image_size: int, resize: str = "shortest_side_crop",
+               normalization: str = "clip"):
     self.image_size = image_size
+    self.resize = resize
+    self.normalization = normalization
 
   def __call__(self, record: dict[str, Any]) -> dict[str, Any]:
     pixels = np.asarray(record["image"])
     if pixels.ndim == 3 and pixels.shape[-1] == 1:  # grayscale stored as HW1
       pixels = pixels[..., 0]
     pil = Image.fromarray(pixels.astype(np.uint8)).convert("RGB")
-    cropped = transforms.resize_shortest_and_center_crop(pil, self.image_size)
-    return {"image": transforms.normalize(cropped), "label": np.int64(record[LABEL_KEY])}
+    pixels = transforms.eval_resize(pil, self.image_size, self.resize)
+    return {"image": transforms.normalize(pixels, self.normalization),
+            "label": np.int64(record[LABEL_KEY])}
 
 
 def embed_images(encode_images: Encode, source, image_size: int, batch_size: int,
-                 max_examples: int | None = None, mesh=None) -> tuple[np.ndarray, np.ndarray]:
-  """([N, D] unit image embeddings, [N] labels) of the first `max_examples` records, in order."""
+                 max_examples: int | None = None, mesh=None, *,
+                 resize: str = "shortest_side_crop", normalization: str = "clip"
+                 ) -> tuple[np.ndarray, np.ndarray]:
+  """([N, D] unit image embeddings, [N] labels) of the first `max_examples` records, in order.
+  `source[i]` is {"image": uint8 HWC array or PIL image, "label": int}; it is read (and decoded)
+  in threads."""
   n = len(source) if max_examples is None else min(max_examples, len(source))
   if n == 0:
     raise ValueError(f"{source!r} has no records to evaluate")
-  batches = (grain.MapDataset.source(source)[:n].map(_EvalImage(image_size))
+  batches = (grain.MapDataset.source(source)[:n]
+             .map(_EvalImage(image_size, resize, normalization))
              .to_iter_dataset(grain.ReadOptions(num_threads=_READ_THREADS,
                                                 prefetch_buffer_size=2 * batch_size))
              .batch(batch_size))

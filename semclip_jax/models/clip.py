@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any, Mapping
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -9,6 +11,7 @@ from flax import nnx
 from semclip_jax.models.model_config import CLIPConfig
 from semclip_jax.models.text import TextTransformer
 from semclip_jax.models.vit import VisionTransformer
+from semclip_jax.sharding import path_str
 
 NORM_EPS = 1e-6  # as the official SemCLIP code's F.normalize(eps=1e-6)
 
@@ -60,3 +63,12 @@ def clip_logits(zi: jax.Array, zt: jax.Array, logit_scale: jax.Array) -> jax.Arr
 
 def create_clip(config: CLIPConfig, *, seed: int = 0, dtype=jnp.float32) -> CLIP:
   return CLIP(config, dtype=dtype, rngs=nnx.Rngs(seed))
+
+
+def clip_from_arrays(config: CLIPConfig, arrays: Mapping[str, Any], *, dtype=jnp.float32) -> CLIP:
+  """A `CLIP` of `config` whose parameters are `arrays` ({dotted path: array}, every parameter,
+  shapes already checked by the caller), as float32; nothing is initialised at random."""
+  graphdef, state = nnx.split(nnx.eval_shape(lambda: CLIP(config, dtype=dtype, rngs=nnx.Rngs(0))))
+  values = [(path, variable.replace(jnp.asarray(arrays[path_str(path)], jnp.float32)))
+            for path, variable in nnx.to_flat_state(state)]
+  return nnx.merge(graphdef, nnx.from_flat_state(values))

@@ -1,0 +1,96 @@
+"""`python -m semclip_jax.evaluate`: model specs, and one comparison of an open_clip checkpoint, a
+training run and a Hugging Face folder on CC-Neg-style shapes and a NegBench MCQ file."""
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from semclip_jax import evaluate, hf, openclip, train
+from semclip_jax.evaluate import ModelSpec, parse_models
+from test_openclip import TINY_OPENAI, build_openclip
+from test_train import _shapes_config
+
+
+def test_model_specs_take_labels_and_architectures(tmp_path):
+  (tmp_path / "negclip.pth").write_bytes(b"")
+  assert ModelSpec.parse(f"{tmp_path}/negclip.pth@ViT-B-32-quickgelu") == ModelSpec(
+      "negclip", f"{tmp_path}/negclip.pth", "ViT-B-32-quickgelu")
+  assert ModelSpec.parse("clip=openai/clip-vit-base-patch32") == ModelSpec(
+      "clip", "openai/clip-vit-base-patch32")
+  assert ModelSpec.parse("a=b=c.pt@arch.json") == ModelSpec("a=b", "c.pt", "arch.json")
+  assert [s.label for s in parse_models("x/run,y/run,z/run")] == ["run", "run-2", "run-3"]
+  with pytest.raises(ValueError, match="names no model"):
+    parse_models(",")
+
+
+def _negbench_mcq(folder, count=6):
+  """A NegBench MCQ file (the authors' absolute paths) and its rendered images under folder."""
+  rng = np.random.default_rng(0)
+  rows = []
+  for i in range(count):
+    Image.fromarray(rng.integers(0, 255, (40, 48, 3), np.uint8)).save(folder / f"{i:012d}.jpg")
+    rows.append([0, f"a photo of shape {i}", f"a photo of shape {i}, but not a circle",
+                 "a photo of a circle", f"a photo without shape {i}",
+                 ("positive", "negative", "hybrid")[i % 3],
+                 f"/data/healthy-ml/scratch/coco/val2017/{i:012d}.jpg"])
+  path = folder / "COCO_val_mcq.csv"
+  with open(path, "w", newline="", encoding="utf-8") as f:
+    writer = csv.writer(f)
+    writer.writerow(["correct_answer", "caption_0", "caption_1", "caption_2", "caption_3",
+                     "correct_answer_template", "image_path"])
+    writer.writerows(rows)
+  return path
+
+
+def test_one_command_compares_openclip_run_and_hf_models(tmp_path, capsys):
+  # An open_clip / OpenAI-layout checkpoint (architecture from its shapes) ...
+  openclip_file = tmp_path / "negclip.pth"
+  torch.save({"state_dict": {f"module.{k}": v for k, v in build_openclip(TINY_OPENAI).state_dict()
+                             .items()}, "epoch": 5}, openclip_file)
+  # ... the same weights as a Hugging Face folder (a second loader: its column must be identical)
+  hf_folder = hf.save_hf_clip(openclip.load_openclip(str(openclip_file)), str(tmp_path / "hf_clip"))
+  # ... and one of our training runs.
+  run = tmp_path / "ours"
+  config = _shapes_config(total_steps=1, export_hf=False)
+  config.evals = {}
+  config.mesh.num_devices = 1
+  config.data.update(batch_size=8, shapes_eval_size=64)
+  train.train_and_evaluate(config, str(run))
+
+  images = tmp_path / "coco"
+  images.mkdir()
+  mcq = _negbench_mcq(images)
+  out = tmp_path / "comparison"
+  assert evaluate.main([
+      f"--model={openclip_file},{run},clip={hf_folder}", "--tasks=ccneg,negbench_mcq",
+      "--data_kind=shapes", "--batch_size=16", f"--negbench_mcq={mcq}", f"--image_root={images}",
+      f"--out={out}"]) == 0
+  printed = capsys.readouterr().out
+  assert f"table: {out / 'report.md'}" in printed
+  results = json.loads((out / "results.json").read_text())
+  assert set(results) == {"negclip", "ours", "clip"}
+  for name, metrics in results.items():
+    # The same data for every model: the run's own (its 64-item shapes test split).
+    assert metrics["test/ccneg/items"] == 64, name
+    assert metrics["test/negbench_mcq/items"] == 6, name
+    assert 0 <= metrics["test/negbench_mcq/accuracy"] <= 1
+  assert results["negclip"] == results["clip"]  # one set of weights, two loaders, same numbers
+  table = (out / "report.md").read_text()
+  assert "| metric | negclip | ours | clip |" in table
+  assert "| test/negbench_mcq/accuracy |" in table
+  assert (out / "similarities.png").is_file() and (out / "benchmarks.png").is_file()
+  assert not (run / "results.json").exists()  # a compared run's own folder is left as it was
+
+
+def test_bad_models_get_one_error_line(tmp_path, capsys):
+  (tmp_path / "weights.pt").write_bytes(b"not a checkpoint")
+  assert evaluate.main([f"--model={tmp_path / 'weights.pt'}", "--tasks=ccneg",
+                        "--data_kind=shapes", f"--out={tmp_path / 'o'}"]) == 2
+  err = capsys.readouterr().err.strip().splitlines()
+  assert len(err) == 1 and "weights.pt: torch.load(weights_only=True)" in err[0]
+  assert evaluate.main([f"--model={tmp_path / 'x.pt'}", "--tasks=nosuch", "--data_kind=shapes"]) == 2
+  assert "unknown task 'nosuch'" in capsys.readouterr().err
