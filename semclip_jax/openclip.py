@@ -351,6 +351,15 @@ def openclip_arrays(model: CLIP) -> dict[str, np.ndarray]:
           for name, (paths, kind) in name_map(model.config).items()}
 
 
+def openclip_shapes(config: CLIPConfig) -> dict[str, tuple[int, ...]]:
+  """open_clip tensor name -> its shape, for `config` (from our parameters' shapes)."""
+  abstract = nnx.eval_shape(lambda: CLIP(config, rngs=nnx.Rngs(0)))
+  ours = {path_str(p): v.shape for p, v in nnx.to_flat_state(nnx.state(abstract, nnx.Param))}
+  # np.zeros is lazily zero-filled: the shapes cost no memory traffic, even for ViT-L.
+  return {name: kind.to_openclip([np.zeros(ours[p], np.float32) for p in paths]).shape
+          for name, (paths, kind) in name_map(config).items()}
+
+
 # ----------------------------------------------------------------------------------------------
 # Reading a file.
 # ----------------------------------------------------------------------------------------------
@@ -464,8 +473,7 @@ def load_openclip(path: str, arch: str = "", *, dtype=jnp.float32) -> CLIP:
     parts = ([f"missing {len(missing)} tensor(s): {', '.join(missing[:6])}"] if missing else []) + (
         [f"{len(unexpected)} unexpected tensor(s): {', '.join(unexpected[:6])}"] if unexpected else [])
     raise CheckpointError(f"{path}: does not fit the architecture ({origin}): {'; '.join(parts)}")
-  shapes = {path_str(p): v.shape for p, v in nnx.to_flat_state(nnx.state(
-      nnx.eval_shape(lambda: CLIP(config, rngs=nnx.Rngs(0))), nnx.Param))}
+  expected_shapes = openclip_shapes(config)
   ours: dict[str, np.ndarray] = {}
   for name, (paths, kind) in table.items():
     value = arrays[name]
@@ -473,8 +481,7 @@ def load_openclip(path: str, arch: str = "", *, dtype=jnp.float32) -> CLIP:
       raise CheckpointError(f"{path}: tensor {name} has non-float dtype {value.dtype}")
     if name == "logit_scale" and value.size == 1:
       value = value.reshape(())  # some savers keep it as shape [1]
-    # np.zeros is lazily zero-filled: the shape costs no memory traffic even for ViT-L.
-    expected = kind.to_openclip([np.zeros(shapes[p], np.float32) for p in paths]).shape
+    expected = expected_shapes[name]
     if value.shape != expected:
       raise CheckpointError(f"{path}: tensor {name} has shape {tuple(value.shape)}, but the "
                             f"architecture ({origin}) needs {tuple(expected)}")

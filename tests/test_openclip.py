@@ -145,6 +145,13 @@ def test_named_architectures_are_open_clips_own(name):
   assert openclip.model_cfg_of(config)["quick_gelu"] == name.endswith("-quickgelu")
 
 
+def test_vit_b_32_maps_onto_open_clips_own_tensors():
+  """The full-size architecture, by shapes alone (a forward of it is the tiny tests' job)."""
+  config = openclip.config_from_model_cfg(openclip.ARCHS["ViT-B-32-quickgelu"], "ViT-B-32-quickgelu")
+  peer = open_clip.create_model("ViT-B-32-quickgelu", pretrained=None)
+  assert {k: tuple(v.shape) for k, v in peer.state_dict().items()} == openclip.openclip_shapes(config)
+
+
 def test_export_loads_in_open_clip_with_our_embeddings(tmp_path):
   model = create_clip(get_preset("tiny"), seed=5)
   images, tokens = inputs(32, seed=2)
