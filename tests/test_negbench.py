@@ -91,7 +91,7 @@ def _mcq_reference(images, options, correct, templates, option_types):
     chosen.append(min(j for j in others if s[j] == best))
   out = {"accuracy": sum(right) / n, "items": float(n)}
   wrong = [r for r in range(n) if not right[r]]
-  share = lambda hits, total: hits / total if total else float("nan")
+  share = lambda hits, total: hits / total if total else None  # a share of nothing: left out
   for t in ("positive", "negative", "hybrid"):
     rows = [r for r in range(n) if templates[r] == t]
     out[f"accuracy/{t}"] = share(sum(right[r] for r in rows), len(rows))
@@ -105,7 +105,7 @@ def _mcq_reference(images, options, correct, templates, option_types):
       of_t = [r for r in wrong if templates[r] == t]
       out[f"wrong_choice/{t}/{kind}"] = share(sum(option_types[chosen[r]] == kind for r in of_t),
                                               len(of_t))
-  return out
+  return {key: value for key, value in out.items() if value is not None}
 
 
 def test_mcq_metrics_match_brute_force_with_ties():
@@ -124,7 +124,7 @@ def test_mcq_metrics_match_brute_force_with_ties():
   expected = _mcq_reference(images, options, correct, templates, option_types)
   assert set(ours) == set(expected)
   for key, value in expected.items():
-    assert ours[key] == pytest.approx(value, nan_ok=True), key
+    assert ours[key] == pytest.approx(value), key
   # "hybrid" is two positions here: its share sums both (mcq.py's dict keeps only the last's).
   assert ours["wrong_choice/hybrid"] == pytest.approx(
       ours["wrong_choice/option_1"] + ours["wrong_choice/option_2"])
@@ -139,8 +139,8 @@ def test_mcq_perfect_and_constant_embeddings():
   perfect = negbench.mcq_metrics(negbench.mcq_scores(images, options), correct,
                                  ["negative"] * 12, negbench.OPTION_TYPES["negbench"])
   assert perfect["accuracy"] == perfect["accuracy/negative"] == 1.0
-  assert np.isnan(perfect["accuracy/positive"])  # NegBench's kinds are always reported
-  assert np.isnan(perfect["wrong_choice/hybrid"])  # no wrong answer to share out
+  assert perfect["items/positive"] == 0 and "accuracy/positive" not in perfect  # no such question
+  assert "wrong_choice/hybrid" not in perfect  # no wrong answer to share out
   constant = np.ones((12, 4, 16)) / 4.0
   scores = negbench.mcq_scores(np.ones((12, 16)) / 4.0, constant)
   tied = negbench.mcq_metrics(scores, correct, None, negbench.OPTION_TYPES["negbench"])

@@ -20,8 +20,8 @@ first. Prints a table, one JSON line per (side, towers) and one comparison line 
 setting with the ratio ours / open_clip of samples/s and the two first-step losses. Exits 1
 when a loss check fails.
 
-The only module of the package that imports torch and open_clip, and it imports without them:
-nothing else needs the `bench` extra.
+The only module of the package that imports open_clip, and it imports without torch and
+open_clip: nothing else needs the `bench` extra (the test extra carries the same pins).
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ from semclip_jax.bench import flops, peak as peak_lib, results as results_lib, s
 from semclip_jax.models.model_config import CLIPConfig, get_preset
 from semclip_jax.sharding import path_str
 
-try:  # the `bench` extra: absent from the test extra, so this module must import without it
+try:  # the `bench` extra (also in `test`); a plain install has neither, and this module imports
   import torch
   import torch.nn.functional as F
 except ImportError:

@@ -74,13 +74,12 @@ def chosen_wrong(scores: np.ndarray, correct: np.ndarray) -> np.ndarray:
   return np.argmax(others, axis=1)
 
 
-def _share(mask: np.ndarray) -> float:
-  return float(np.mean(mask)) if len(mask) else float("nan")
+def _share(mask: np.ndarray) -> float | None:
+  return float(np.mean(mask)) if len(mask) else None
 
 
 def template_groups(templates: Sequence[str]) -> list[str]:
-  """NegBench's three kinds, always (as mcq.py, NaN when a file has none of one), then any other
-  kinds the file has, sorted."""
+  """NegBench's three kinds, then any other kinds the file has, sorted."""
   return list(TEMPLATES) + sorted(set(templates) - set(TEMPLATES))
 
 
@@ -89,35 +88,36 @@ def mcq_metrics(scores: np.ndarray, correct: np.ndarray, templates: Sequence[str
   """NegBench's MCQ metrics, as fractions, from [N, K] scores and [N] true options:
 
   `accuracy`, `items`; if `templates` [N] gives the kind of each true answer, per kind t
-  (`template_groups`) `accuracy/<t>`, `items/<t>`; among wrong answers, the share choosing each
+  (`template_groups`) `items/<t>` and `accuracy/<t>`; among wrong answers, the share choosing each
   option i, `wrong_choice/option_<i>`; and if `option_types` [K] gives the kind of each option
   position, the share choosing each kind, `wrong_choice/<type>`, overall and per kind of
   question, `wrong_choice/<t>/<type>` (mcq.py's wrong_answer_percentages and
-  wrong_answers_by_question_type, as fractions of wrong answers). A share of nothing is NaN.
+  wrong_answers_by_question_type, as fractions of wrong answers). A share of nothing (a kind
+  without questions, no wrong answers) is left out, where NegBench writes NaN: results.json stays
+  strict JSON and the report shows "–".
   """
   correct = np.asarray(correct, np.int64)
   right = strict_top1(scores, correct)  # [N]
   chosen = chosen_wrong(scores, correct)[~right]  # [W], W wrong answers
-  out = {"accuracy": _share(right), "items": float(len(right))}
+  shares: dict[str, float | None] = {"accuracy": _share(right), "items": float(len(right))}
   groups = template_groups(templates) if templates is not None else []
   template_of = np.asarray(templates if templates is not None else [""] * len(right),
                            dtype=object)  # [N]
   for t in groups:
-    out[f"accuracy/{t}"] = _share(right[template_of == t])
-    out[f"items/{t}"] = float(np.sum(template_of == t))
+    shares[f"items/{t}"] = float(np.sum(template_of == t))
+    shares[f"accuracy/{t}"] = _share(right[template_of == t])
   for i in range(scores.shape[1]):
-    out[f"wrong_choice/option_{i}"] = _share(chosen == i)
-  if option_types is None:
-    return out
-  type_of = np.asarray(option_types, dtype=object)[chosen]  # [W]
-  kinds = list(dict.fromkeys(k for k in option_types if k))  # two positions may share a kind
-  for kind in kinds:
-    out[f"wrong_choice/{kind}"] = _share(type_of == kind)
-  for t in groups:
-    of_t = type_of[template_of[~right] == t]
+    shares[f"wrong_choice/option_{i}"] = _share(chosen == i)
+  if option_types is not None:
+    type_of = np.asarray(option_types, dtype=object)[chosen]  # [W]
+    kinds = list(dict.fromkeys(k for k in option_types if k))  # two positions may share a kind
     for kind in kinds:
-      out[f"wrong_choice/{t}/{kind}"] = _share(of_t == kind)
-  return out
+      shares[f"wrong_choice/{kind}"] = _share(type_of == kind)
+    for t in groups:
+      of_t = type_of[template_of[~right] == t]
+      for kind in kinds:
+        shares[f"wrong_choice/{t}/{kind}"] = _share(of_t == kind)
+  return {name: value for name, value in shares.items() if value is not None}
 
 
 def retrieval_metrics(images: np.ndarray, texts: np.ndarray, text_image: np.ndarray,
