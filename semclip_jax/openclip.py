@@ -59,6 +59,7 @@ WRAPPER_KEYS = ("state_dict", "model", "model_state_dict", "module")
 # Entries of OpenAI's JIT state dicts and old open_clip buffers that are not parameters.
 IGNORED_ENTRIES = ("input_resolution", "context_length", "vocab_size", "attn_mask")
 ANCHOR = "visual.conv1.weight"  # present in every ViT CLIP of this layout: locates the prefix
+INFERRED = "inferred from the tensor shapes (OpenAI's rule)"
 HEAD_WIDTH = 64  # OpenAI's and open_clip's default width of one attention head
 LAYER_NORM_EPS = 1e-5  # torch's LayerNorm default, which both codebases use
 ACTIVATIONS = {True: "quick_gelu", False: "gelu"}  # open_clip's model_cfg["quick_gelu"]
@@ -273,7 +274,7 @@ def resolve_model_cfg(arch: str, weights_path: str, shapes: Mapping[str, tuple[i
     if not isinstance(values, dict) or "model_cfg" not in values:
       raise CheckpointError(f"{beside}: has no 'model_cfg' object")
     return values["model_cfg"], beside
-  return infer_model_cfg(shapes, weights_path), "inferred from the tensor shapes (OpenAI's rule)"
+  return infer_model_cfg(shapes, weights_path), INFERRED
 
 
 # ----------------------------------------------------------------------------------------------
@@ -487,7 +488,12 @@ def load_openclip(path: str, arch: str = "", *, dtype=jnp.float32) -> CLIP:
                             f"architecture ({origin}) needs {tuple(expected)}")
     for p, part in zip(paths, kind.from_openclip(value)):
       ours[p] = part
-  logger.info("%s: open_clip-layout CLIP, architecture %s", path, origin)
+  if origin == INFERRED:  # the one guess: the shapes cannot tell gelu from quick_gelu
+    logger.warning("%s: architecture %s: quick_gelu, as OpenAI's weights and the models fine-tuned "
+                   "from them; for weights trained with exact gelu (LAION's), give the "
+                   "architecture (e.g. ViT-B-32)", path, origin)
+  else:
+    logger.info("%s: open_clip-layout CLIP, architecture %s", path, origin)
   return clip_from_arrays(config, ours, dtype=dtype)
 
 

@@ -106,7 +106,8 @@ def _save(kind, state, folder):
 
 
 @pytest.mark.parametrize("kind", ["safetensors", "pt", "ddp_pth", "lightning_ckpt", "model_bin"])
-def test_openai_layout_checkpoints_load_with_open_clips_embeddings(tmp_path, openai_like, kind):
+def test_openai_layout_checkpoints_load_with_open_clips_embeddings(tmp_path, openai_like, kind,
+                                                                   caplog):
   oracle, state, (images, tokens), expected = openai_like
   if kind == "model_bin":  # the file holds float16: compare with open_clip on the same weights
     oracle = build_openclip(TINY_OPENAI)
@@ -114,6 +115,7 @@ def test_openai_layout_checkpoints_load_with_open_clips_embeddings(tmp_path, ope
     expected = openclip_embeddings(oracle, images, tokens)
   path = _save(kind, state, tmp_path)
   model = openclip.load_openclip(path)  # architecture inferred from shapes
+  assert "quick_gelu, as OpenAI's weights" in caplog.text  # the one guess is said
   assert model.config.vision.hidden_act == model.config.text.hidden_act == "quick_gelu"
   assert model.config.vision.num_attention_heads == 2 and model.config.vision.image_size == 32
   assert_parity(our_embeddings(model, images, tokens), expected)
