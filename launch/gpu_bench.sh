@@ -59,7 +59,9 @@ for r in rows:
     print(f"{r['preset']:<6} {r['batch_size']:>5} {r['towers']:<6} {r['text_length']:>3} "
           f"{r['step_s_median']:>8.4f} {r['samples_per_s']:>10.1f} "
           f"{r['achieved_flops_per_s'] / 1e12:>8.1f} {r['peak_flops_per_s'] / 1e12:>7.1f} "
-          f"{100 * r['mfu']:>5.1f}% {r['peak_memory_bytes'] / 2**30:>8.1f}")
+          + (f"{100 * r['mfu']:>5.1f}%" if r.get("mfu") is not None else "  n/a ")
+          + f" {r['peak_memory_bytes'] / 2**30:>8.1f}"
+          + ("" if r.get("mfu") is not None else f"  (MFU invalid: {r.get('mfu_invalid')})"))
   elif r["what"] == "input":
     print(f"input {r['dataset']} workers={r['workers']}: {r['records_per_s']:.0f} records/s")
 EOF

@@ -9,7 +9,7 @@ import jax
 import pytest
 
 from semclip_jax import train, train_step
-from semclip_jax.bench import flops, scale, step
+from semclip_jax.bench import flops, results, scale, step
 from semclip_jax.bench.__main__ import main
 from semclip_jax.models.model_config import get_preset
 
@@ -50,10 +50,29 @@ def test_step_cli_on_tiny_prints_table_json_and_profile(capsys, tmp_path):
   assert peak["what"] == "peak" and peak["flops_per_s"] > 0
   assert record["what"] == "step" and record["towers"] == "text"
   assert record["captions"] == "templated"
-  assert record["samples_per_s"] > 0 and 0 < record["mfu"] < 1.5 and record["compile_s"] > 0
+  assert record["samples_per_s"] > 0 and record["compile_s"] > 0
+  # The peak is measured again after the timed steps; an MFU it does not support is not printed.
+  assert record["peak_after_flops_per_s"] > 0 and record["peak_drift"] >= 0
+  if record["mfu"] is None:
+    assert record["mfu_measured"] > 0 and record["mfu_invalid"] and "MFU invalid (" in out
+  else:
+    assert 0 < record["mfu"] <= 1 and "mfu_invalid" not in record
   assert record["text_length"] < record["full_length"] == 77  # cut to its length bucket
   assert record["program_matmul_flops"] == pytest.approx(record["model_flops"], rel=1e-2)
   assert "s/step" in out and "MFU" in out
+
+
+def test_an_mfu_the_peaks_do_not_support_is_marked_invalid():
+  peak = {"flops_per_s": 100.0}
+  steady, busy, fast = ({"what": "step", "mfu": m} for m in (0.7, 0.7, 1.2))
+  results.judge_mfu([steady], peak, {"flops_per_s": 95.0})
+  assert steady["mfu"] == 0.7 and steady["peak_drift"] == pytest.approx(0.05)
+  assert results.mfu_text(steady) == "MFU 70.0%"
+  results.judge_mfu([busy, fast, {"what": "input"}], peak, {"flops_per_s": 80.0})
+  assert busy["mfu"] is None and busy["mfu_measured"] == 0.7
+  assert busy["mfu_invalid"] == "the matmul peak moved 20% during the run"
+  assert fast["mfu"] is None and fast["mfu_invalid"].startswith("MFU 120% > 100%")
+  assert results.mfu_text(fast).startswith("MFU invalid (MFU 120% > 100%")
 
 
 def test_all_runs_peak_step_and_input_and_relates_the_input_rate_to_the_step(capsys):

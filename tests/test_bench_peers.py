@@ -147,7 +147,7 @@ def test_cli_on_tiny_reports_both_sides_and_the_same_first_loss(capsys):
   assert ratio["loss_match"] and ratio["first_loss_rel_diff"] < 1e-4
   assert ratio["ratio_samples_per_s"] == pytest.approx(
       ours["samples_per_s"] / theirs["samples_per_s"])
-  assert theirs["mfu"] > 0 and theirs["model_flops"] == flops.train_step_flops(TINY, 8, 77, True)["total"]
+  assert (theirs["mfu"] or theirs["mfu_measured"]) > 0 and theirs["model_flops"] == flops.train_step_flops(TINY, 8, 77, True)["total"]
   for line in (ours, theirs, ratio):
     assert line["torch_threads"] == os.cpu_count() and line["xla_cpu_threads"] >= 1
     assert line["torch"] and line["open_clip"] and line["jax"] and line["date"]

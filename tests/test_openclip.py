@@ -237,6 +237,7 @@ def test_an_uninferable_architecture_asks_for_it(tmp_path, no_placement):
     openclip.load_openclip(path)
 
 
+@pytest.mark.filterwarnings("ignore:`torch.jit.*` is deprecated:FutureWarning")
 def test_unsafe_pickles_and_torchscript_are_refused(tmp_path, no_placement):
   pickle_path = str(tmp_path / "evil.pt")
   torch.save({"state_dict": {"x": torch.zeros(1)}, "args": argparse.Namespace(lr=1)}, pickle_path)

@@ -359,7 +359,7 @@ def print_table(peak: dict[str, Any], results: list[dict[str, Any]]) -> None:
       print(f"{r['side']:<12} {r['preset']} B={r['batch_size']} towers={r['towers']:<4} "
             f"L={r['text_length']:>2}/{r['full_length']}: {r['step_s_median']:8.3f} s/step "
             f"(min {r['step_s_min']:.3f}), {r['samples_per_s']:8.2f} samples/s, "
-            f"{r['model_flops'] / 1e9:,.1f} GFLOP/step, MFU {100 * r['mfu']:5.1f}%, "
+            f"{r['model_flops'] / 1e9:,.1f} GFLOP/step, {results_lib.mfu_text(r)}, "
             f"{r['process_cpu_per_wall_s']:.2f} CPU-s per s, first-step loss {r['first_loss']:.6f}")
     elif r["what"] == "peer_ratio":
       verdict = "ok" if r["loss_match"] else f"MISMATCH (> {r['loss_rtol']:g})"
@@ -396,6 +396,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   results = []
   for freeze_image in step_lib.freeze_settings(args.towers):
     results += compare(args, freeze_image, tokens, captions, peak)
+  results_lib.judge_mfu(results, peak, peak_lib.matmul_peak("float32", n=peak["n"]))
 
   stamp = {**results_lib.machine_stamp(), **versions(),
            **thread_counts(), "backend": jax.default_backend(),

@@ -59,6 +59,34 @@ def rate_fields(batch_size: int, times: Sequence[float], flops: dict[str, int],
           "mfu": flops["total"] / median / peak["flops_per_s"]}
 
 
+PEAK_DRIFT_LIMIT = 0.10  # a peak that moves more than this during a run measured a busy machine
+
+
+def judge_mfu(records: Sequence[dict[str, Any]], peak_before: dict[str, Any],
+              peak_after: dict[str, Any]) -> None:
+  """Marks the MFU of each step record (in place) against the peak measured before and after its
+  timed steps. An MFU above 100% (the peak was measured low) or a peak that moved by more than
+  `PEAK_DRIFT_LIMIT` (the machine's speed changed under the run) is invalid: `mfu` becomes None,
+  `mfu_invalid` says why and `mfu_measured` keeps the number, which is never printed as an MFU."""
+  drift = abs(peak_after["flops_per_s"] - peak_before["flops_per_s"]) / peak_before["flops_per_s"]
+  for record in records:
+    if record.get("mfu") is None:
+      continue
+    record.update(peak_after_flops_per_s=peak_after["flops_per_s"], peak_drift=drift)
+    reasons = ([f"MFU {100 * record['mfu']:.0f}% > 100%"] if record["mfu"] > 1 else []) + (
+        [f"the matmul peak moved {100 * drift:.0f}% during the run"] if drift > PEAK_DRIFT_LIMIT
+        else [])
+    if reasons:
+      record.update(mfu_measured=record["mfu"], mfu=None, mfu_invalid="; ".join(reasons))
+
+
+def mfu_text(record: dict[str, Any]) -> str:
+  """"MFU 71.2%", or "MFU invalid (why)" for a record `judge_mfu` refused."""
+  if record.get("mfu") is None:
+    return f"MFU invalid ({record.get('mfu_invalid', 'not measured')})"
+  return f"MFU {100 * record['mfu']:.1f}%"
+
+
 def machine() -> str:
   """The host in one line: architecture, CPU count, OS, Python."""
   return (f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.system()}, "

@@ -227,9 +227,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def measure(args: argparse.Namespace) -> list[dict[str, Any]]:
-  """The matmul peak, then `measure_steps` against it: MFU needs a peak from the same run."""
-  records = peak.measure(args)
-  return records + measure_steps(args, records[0])
+  """The matmul peak, `measure_steps` against it (MFU needs a peak from the same run), and the
+  peak again: `results_lib.judge_mfu` refuses an MFU the two peaks do not support."""
+  before = peak.measure(args)[0]
+  steps = measure_steps(args, before)
+  results_lib.judge_mfu(steps, before, peak.matmul_peak(before["dtype"], n=before["n"]))
+  return [before, *steps]
 
 
 def print_table(results: Sequence[dict[str, Any]]) -> None:
@@ -249,7 +252,7 @@ def print_table(results: Sequence[dict[str, Any]]) -> None:
             f"(min {r['step_s_min']:.3f}), {r['samples_per_s']:.2f} samples/s, "
             f"{r['model_flops'] / 1e9:,.1f} GFLOP/step "
             f"(traced program: {r['program_matmul_flops'] / 1e9:,.1f}), "
-            f"{r['achieved_flops_per_s'] / 1e9:,.1f} GFLOP/s = MFU {100 * r['mfu']:.1f}%, "
+            f"{r['achieved_flops_per_s'] / 1e9:,.1f} GFLOP/s = {results_lib.mfu_text(r)}, "
             f"compile {r['compile_s']:.1f} s, "
             f"XLA temp {m.get('temp_size', 0) / results_lib.MIB:,.0f} MiB, "
             f"peak memory {r['peak_memory_bytes'] / results_lib.GIB:.2f} GiB, "
