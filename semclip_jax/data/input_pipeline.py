@@ -31,9 +31,8 @@ from PIL import Image
 
 from semclip_jax.data.sources import FIELDS, content_key
 from semclip_jax.data.tokenizer import CLIPTokenizer
-from semclip_jax.data.transforms import (NORMALIZATIONS, RESIZES, normalize,
-                                         random_resized_crop_box, resize_shortest_and_center_crop,
-                                         squash, to_pil)
+from semclip_jax.data.transforms import (NORMALIZATIONS, RESIZES, eval_resize, normalize,
+                                         random_resized_crop_box, to_pil)
 
 logger = logging.getLogger(__name__)
 _MAX_NOTES = 5  # offenders remembered per batch, and named in BadDataError
@@ -123,13 +122,11 @@ class Preprocess:
         error = f"undecodable image: {type(e).__name__}: {e}"
     if error is not None:
       return {"id": ident, "error": error}
-    if self.resize == "squash":
-      pixels = squash(pil, self.image_size)
-    elif self.crop == "random_resized" and rng is not None:
+    if self.resize != "squash" and self.crop == "random_resized" and rng is not None:
       box = random_resized_crop_box(*pil.size, rng, self.crop_scale)
       pixels = np.asarray(pil.resize((self.image_size,) * 2, Image.Resampling.BICUBIC, box=box))
-    else:
-      pixels = resize_shortest_and_center_crop(pil, self.image_size)
+    else:  # squash (train and eval alike), or the centre crop
+      pixels = eval_resize(pil, self.image_size, self.resize)
     tokens = self.tokenizer([record[f] for f in FIELDS], context_length=self.context_length)
     key = record.get("image_key")  # sources name their images; other records get a content hash
     return {"image": normalize(pixels, self.normalization), "tokens": tokens, "id": ident,
