@@ -135,6 +135,14 @@ def model_config(spec: ModelSpec, data: ml_collections.ConfigDict,
   return config
 
 
+def score(spec: ModelSpec, data: ml_collections.ConfigDict, evals: ml_collections.ConfigDict,
+          results_dir: str) -> None:
+  """The test round of `spec` into `results_dir` (a workdir's checkpoints are read, never
+  written: only its results land there, and only when `results_dir` is the workdir)."""
+  train.evaluate(model_config(spec, data, evals), spec.path if spec.is_workdir else results_dir,
+                 results_dir=results_dir)
+
+
 def compare(specs: Sequence[ModelSpec], data: ml_collections.ConfigDict,
             evals: ml_collections.ConfigDict, out: str) -> dict[str, str]:
   """Scores every model into <out>/<label> and writes the report of them all into <out>."""
@@ -142,8 +150,7 @@ def compare(specs: Sequence[ModelSpec], data: ml_collections.ConfigDict,
   for spec in specs:
     folder = os.path.join(out, spec.label)
     print(f"== {spec.label}: {spec.path}{'@' + spec.arch if spec.arch else ''}", flush=True)
-    train.evaluate(model_config(spec, data, evals), spec.path if spec.is_workdir else folder,
-                   results_dir=folder)
+    score(spec, data, evals, folder)
     folders.append(folder)
   return write_report(folders, out)
 
@@ -183,9 +190,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         written = compare(specs, data, evals, args.out or "comparison")
       else:  # one model: its results alone (a run scores into its own folder, as --mode=eval)
         spec = specs[0]
-        results_dir = args.out or (spec.path if spec.is_workdir else f"eval_{spec.label}")
-        train.evaluate(model_config(spec, data, evals),
-                       spec.path if spec.is_workdir else results_dir, results_dir=results_dir)
+        score(spec, data, evals,
+              args.out or (spec.path if spec.is_workdir else f"eval_{spec.label}"))
         return 0
   except (ValueError, KeyError, OSError) as e:  # bad input: one line, not a traceback
     print(f"python -m semclip_jax.evaluate: error: {e}", file=sys.stderr)

@@ -2,8 +2,9 @@
 
 Modes: `train` (default; resumes from `--workdir` when it holds checkpoints), `eval` (runs the
 config's evaluators on the latest checkpoint, or on `--config.model.init_from`), `export` (writes
-the latest checkpoint as a Hugging Face CLIP folder to `workdir/hf`). Override any config field on
-the command line: `--config.loss.name=clip --config.data.batch_size=512`.
+the latest checkpoint as a Hugging Face CLIP folder to `workdir/hf` and an open_clip folder to
+`workdir/open_clip`). Override any config field on the command line:
+`--config.loss.name=clip --config.data.batch_size=512`.
 """
 
 from __future__ import annotations

@@ -11,11 +11,11 @@ defined and open_clip kept (`visual.conv1.weight`, `transformer.resblocks.0.attn
 - wrappers: `{"state_dict": ...}` / `{"model": ...}` dicts, and any key prefix in front of the CLIP
   (`module.` from DDP, `model.` from Lightning, `_orig_mod.` from torch.compile). Tensors outside
   the CLIP's prefix (a Lightning module's loss, say) are named in a warning and left out.
-- the architecture (`Arch`): an open_clip model name (`ViT-B-32`, `ViT-B-16`, `ViT-L-14`, each
+- the architecture, an open_clip model config: an open_clip model name (`ViT-B-32`, `ViT-B-16`, `ViT-L-14`, each
   with a `-quickgelu` twin, the same configs as open_clip's), a path to an open_clip model-config
   JSON, the `open_clip_config.json` beside the weights (open_clip's hub folders), or, with none of
   these, inferred from tensor shapes by OpenAI's own rule (`clip.model.build_model`: 64-wide
-  heads, 4x MLP) with quick_gelu, the activation of OpenAI's weights and so of every model
+  heads, the rest from the shapes) with quick_gelu, the activation of OpenAI's weights and so of every model
   fine-tuned from them. open_clip's plain names mean exact gelu, as in open_clip.
 
 Every tensor is checked (present, expected shape, floating dtype, nothing extra) before any
@@ -27,7 +27,6 @@ open_clip_model.safetensors)` for a standard architecture, loads as is.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import math
@@ -41,7 +40,7 @@ import safetensors
 import safetensors.numpy
 from flax import nnx
 
-from semclip_jax import atomic_io
+from semclip_jax import atomic_io, torch_files
 from semclip_jax.data.transforms import NORMALIZATIONS
 from semclip_jax.models.clip import CLIP, clip_from_arrays
 from semclip_jax.models.model_config import CLIPConfig, TextConfig, VisionConfig
@@ -60,6 +59,7 @@ WRAPPER_KEYS = ("state_dict", "model", "model_state_dict", "module")
 IGNORED_ENTRIES = ("input_resolution", "context_length", "vocab_size", "attn_mask")
 ANCHOR = "visual.conv1.weight"  # present in every ViT CLIP of this layout: locates the prefix
 INFERRED = "inferred from the tensor shapes (OpenAI's rule)"
+GIVE_ARCH = "give the architecture: an open_clip name ({}) or an open_clip model-config JSON"
 HEAD_WIDTH = 64  # OpenAI's and open_clip's default width of one attention head
 LAYER_NORM_EPS = 1e-5  # torch's LayerNorm default, which both codebases use
 ACTIVATIONS = {True: "quick_gelu", False: "gelu"}  # open_clip's model_cfg["quick_gelu"]
@@ -72,11 +72,10 @@ class CheckpointError(ValueError):
 # ----------------------------------------------------------------------------------------------
 # Architectures: open_clip model configs.
 # ----------------------------------------------------------------------------------------------
-def _vit(embed: int, width: int, layers: int, patch: int, text_width: int, text_heads: int,
-         vision_layers: int | None = None) -> dict[str, Any]:
+def _vit(embed: int, width: int, layers: int, patch: int, text_width: int, text_heads: int
+         ) -> dict[str, Any]:
   return {"embed_dim": embed,
-          "vision_cfg": {"image_size": 224, "layers": vision_layers or layers, "width": width,
-                         "patch_size": patch},
+          "vision_cfg": {"image_size": 224, "layers": layers, "width": width, "patch_size": patch},
           "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": text_width,
                        "heads": text_heads, "layers": 12}}
 
@@ -103,14 +102,15 @@ _HARMLESS = {"patch_dropout", "output_tokens", "timm_model_pretrained", "hf_mode
              "attn_pooler_queries", "attn_pooler_heads", "timm_pool", "timm_proj",
              "timm_proj_bias", "timm_drop", "timm_drop_path", "hf_proj_type", "hf_pooler_type"}
 _ONLY_DEFAULT = {"ls_init_value": None, "attentional_pool": False, "no_ln_pre": False,
-                 "pos_embed_type": "learnable", "final_ln_after_pool": False, "pool_type": None,
+                 "pos_embed_type": "learnable", "final_ln_after_pool": False,
                  "act_kwargs": None, "norm_kwargs": None, "block_type": None, "qk_norm": False,
                  "scaled_cosine_attn": False, "scale_heads": False, "scale_attn_inner": False,
                  "scale_attn": False, "scale_fc": False, "timm_model_name": None,
                  "embed_cls": False, "no_causal_mask": False, "proj_bias": False,
                  "proj_type": "linear", "hf_model_name": None, "image_mean": None,
                  "image_std": None, "image_interpolation": None, "image_resize_mode": None}
-_POOL_TYPES = {"vision_cfg": "tok", "text_cfg": "argmax"}  # the pooling our towers implement
+# `pool_type`: the pooling our towers implement, the one value each part accepts.
+_POOL_TYPES = {"vision_cfg": "tok", "text_cfg": "argmax"}
 
 
 def _check_supported(part: str, cfg: Mapping[str, Any], known: Mapping[str, Any], source: str):
@@ -225,16 +225,16 @@ def infer_model_cfg(shapes: Mapping[str, tuple[int, ...]], source: str) -> dict[
             "transformer.resblocks.0.mlp.c_fc.weight")
   missing = [n for n in needed if n not in shapes]
   if missing:
-    raise CheckpointError(f"{source}: cannot infer the architecture: no tensor {missing[0]}. Give "
-                          f"the architecture ({', '.join(ARCHS)} or an open_clip model-config JSON)")
+    raise CheckpointError(f"{source}: cannot infer the architecture: no tensor {missing[0]}; "
+                          + GIVE_ARCH.format(", ".join(ARCHS)))
   width, _, patch, _ = shapes[ANCHOR]
   grid = math.isqrt(shapes["visual.positional_embedding"][0] - 1)
   text_width = shapes["ln_final.weight"][0]
   for what, w in (("vision", width), ("text", text_width)):
     if w % HEAD_WIDTH:
       raise CheckpointError(f"{source}: cannot infer the architecture: the {what} width {w} is "
-                            f"not a multiple of {HEAD_WIDTH}, OpenAI's head width. Give the "
-                            f"architecture ({', '.join(ARCHS)} or an open_clip model-config JSON)")
+                            f"not a multiple of {HEAD_WIDTH}, OpenAI's head width; "
+                            + GIVE_ARCH.format(", ".join(ARCHS)))
   names = list(shapes)
   return {"embed_dim": shapes["text_projection"][1], "quick_gelu": True,
           "vision_cfg": {"image_size": grid * patch, "patch_size": patch, "width": width,
@@ -265,9 +265,9 @@ def resolve_model_cfg(arch: str, weights_path: str, shapes: Mapping[str, tuple[i
     values = _read_json(arch)
     return (values.get("model_cfg", values) if isinstance(values, dict) else values), arch
   if arch:
-    raise CheckpointError(f"{weights_path}: unknown architecture {arch!r}; give one of "
-                          f"{', '.join(ARCHS)}, a path to an open_clip model-config JSON, or "
-                          "nothing to infer it from the tensor shapes")
+    raise CheckpointError(f"{weights_path}: unknown architecture {arch!r}; "
+                          + GIVE_ARCH.format(", ".join(ARCHS))
+                          + ", or none to infer it from the tensor shapes")
   beside = os.path.join(os.path.dirname(os.path.abspath(weights_path)), CONFIG_FILE)
   if os.path.isfile(beside):
     values = _read_json(beside)
@@ -372,23 +372,15 @@ def _is_torchscript(path: str) -> bool:
 
 
 def _torch_tensors(path: str) -> Any:
-  try:
-    import torch  # pylint: disable=import-outside-toplevel
-  except ImportError as e:
-    raise CheckpointError(f"{path}: reading a PyTorch checkpoint needs torch (pip install -e "
-                          "'.[torch]'); or convert it to .safetensors first") from e
+  # torch.load would hand a TorchScript archive to torch.jit.load (or refuse it with a message
+  # that does not say what to do): say it first, with the conversion.
   if _is_torchscript(path):
     raise CheckpointError(
         f"{path}: a TorchScript archive (OpenAI's original JIT download), which semclip_jax does "
         "not execute. Convert it once with open_clip: python -c \"import open_clip, torch; "
         "m = open_clip.create_model('ViT-B-32-quickgelu', pretrained='" + path + "'); "
         "torch.save(m.state_dict(), 'converted.pt')\" (use its architecture's name)")
-  try:
-    return torch.load(path, map_location="cpu", weights_only=True)
-  except Exception as e:  # pylint: disable=broad-except  # UnpicklingError, RuntimeError, ...
-    raise CheckpointError(f"{path}: torch.load(weights_only=True) refused or failed to read it "
-                          f"(semclip_jax never unpickles arbitrary objects): "
-                          f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from e
+  return torch_files.torch_load(path, CheckpointError)
 
 
 def _unwrap(obj: Any, path: str) -> Mapping[str, Any]:

@@ -19,6 +19,7 @@ import os
 import tarfile
 from typing import Any, Iterator, Mapping, Sequence
 
+from semclip_jax import torch_files
 from semclip_jax.data import sources
 from semclip_jax.data.shard_writer import Item, PrepareError, Reader
 
@@ -49,18 +50,6 @@ def read_side_triples(path: str) -> dict[str, tuple[Any, Any]]:
   return table
 
 
-def _torch_load(path: str) -> Any:
-  try:
-    import torch  # pylint: disable=import-outside-toplevel
-  except ImportError as e:
-    raise PrepareError(f"{path}: reading a CC-Neg .pt file needs PyTorch (pip install torch)"
-                       ) from e
-  try:  # weights_only: the release holds only lists, dicts and strings; never run pickled code
-    return torch.load(path, map_location="cpu", weights_only=True)
-  except Exception as e:  # pylint: disable=broad-except
-    raise PrepareError(f"{path}: cannot be read by torch.load(weights_only=True): {e}") from e
-
-
 def _dig(value: Any, *keys: str) -> Any:
   for key in keys:
     value = value.get(key) if isinstance(value, dict) else None
@@ -80,7 +69,8 @@ def ccneg_triples(path: str, image_dir: str, side: Mapping[str, tuple[Any, Any]]
   """(triples, id -> skip reason) of CoN-CLIP's `ccneg_preprocessed.pt`: a dict of parallel lists
   "image_paths" and "annotations", annotation["json"]["caption"] the caption and
   annotation["sop_data"]["negative-prompt"] the negation. Paraphrases come from `side`."""
-  data = _torch_load(path)
+  # weights_only: the release holds only lists, dicts and strings; never run pickled code.
+  data = torch_files.torch_load(path, PrepareError)
   if not isinstance(data, dict) or not {"image_paths", "annotations"} <= set(data):
     found = sorted(map(str, data)) if isinstance(data, dict) else type(data).__name__
     raise PrepareError(f"{path}: expected a dict with 'image_paths' and 'annotations', got {found}")
