@@ -21,7 +21,8 @@ import numpy as np
 import optax
 from flax import nnx
 
-from semclip_jax import checkpointing, hf, objective, openclip, optim, sharding, train_step
+from semclip_jax import (checkpointing, hf, image_embedding_cache, objective, openclip, optim,
+                         sharding, train_step)
 from semclip_jax import data as data_lib
 from semclip_jax.data import input_pipeline
 from semclip_jax.evaluators import (EVALUATORS, Encoder, EvalRound, make_evaluator, missing_data,
@@ -153,13 +154,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   if is_main:
     checkpointing.write_config(workdir, config.to_json_best_effort(indent=2))
 
-  # ---- data ----------------------------------------------------------------------------------
+  # ---- data, model and optimizer ----------------------------------------------------------------
   train_source = data_lib.make_source(config.data, split=config.data.train_split)
   val_evaluators, test_evaluators = build_evaluators(config, eval_data_config(config))
+  graphdef, state, state_shardings, tx = build_train_state(config, mesh)
+  if config.data.cache_image_embeddings:  # the frozen tower's embeddings, computed once
+    train_source = image_embedding_cache.prepare(config, workdir, graphdef, state, train_source)
   pipeline = input_pipeline.make_pipeline(train_source, config.data, train=True, mesh=mesh)
 
-  # ---- model and optimizer, restore -----------------------------------------------------------
-  graphdef, state, state_shardings, tx = build_train_state(config, mesh)
+  # ---- restore ---------------------------------------------------------------------------------
   checkpointer = make_checkpointer(config, workdir)
   start = checkpointer.latest_step()
   if start is not None:
@@ -170,7 +173,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
   # ---- step ------------------------------------------------------------------------------------
   step_fn = train_step.make_train_step(graphdef, tx, mesh=mesh, state_shardings=state_shardings,
-                                       grad_accum_steps=config.optim.grad_accum_steps)
+                                       grad_accum_steps=config.optim.grad_accum_steps,
+                                       normalization=config.data.normalization)
 
   def current_model():
     return nnx_merge(graphdef, state).model
@@ -202,8 +206,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       # While step k runs, the host prepares and transfers batch k+1 (grain workers prefetch
       # further ahead); a device->host read in the step's dispatch would serialise the two.
       batch = next(pipeline)
+      arrays = {k: batch[k] for k in input_pipeline.InputPipeline.DEVICE_KEYS if k in batch}
       with jax.transfer_guard_device_to_host("disallow"):
-        state, metrics = step_fn(state, {k: batch[k] for k in ("image", "tokens")})
+        state, metrics = step_fn(state, arrays)
       step += 1
       if step % config.log_every_steps == 0 or step == config.total_steps:
         metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}

@@ -23,13 +23,17 @@ import optax
 from flax import nnx, struct
 from jax.sharding import Mesh
 
+from semclip_jax.data.transforms import NORMALIZATIONS, normalize
 from semclip_jax.losses import MAX_LOGIT_SCALE
 from semclip_jax.models.clip import CLIP
 from semclip_jax.objective import Objective
 from semclip_jax.optim import trainable_filter
 from semclip_jax.sharding import Rule, path_str, replicated, tree_shardings
 
-Batch = dict[str, jax.Array]  # "image": float [B, H, W, C]; "tokens": int32 [B, 3, L]
+# "image": uint8 [B, H, W, C] pixels (normalised inside the step) or float, already normalised,
+# or instead "image_embedding": float32 [B, D], the frozen image tower's output, cached;
+# "tokens": int32 [B, 3, L].
+Batch = dict[str, jax.Array]
 MODEL_TEMPERATURE = "model.logit_scale"  # the clamped parameter's path in a Trainee's state
 
 
@@ -70,13 +74,23 @@ def shard_train_state(state: TrainState, mesh: Mesh, rules: tuple[Rule, ...] = (
   return jax.device_put(state, shardings), shardings
 
 
-def forward(trainee: Trainee, batch: Batch, mesh: Mesh | None) -> tuple[jax.Array, dict]:
+def model_images(images: jax.Array, normalization: str) -> jax.Array:
+  """The image tower's input: uint8 pixels normalised here, on the device (the input pipeline
+  ships uint8), with `transforms.normalize`; float images are taken as already normalised."""
+  return normalize(images, normalization) if images.dtype == jnp.uint8 else images
+
+
+def forward(trainee: Trainee, batch: Batch, mesh: Mesh | None, normalization: str = "clip"
+            ) -> tuple[jax.Array, dict]:
   """Embeds the batch (text tower once on all 3B captions) and applies the objective."""
   tokens = batch["tokens"]
   b, num_captions, length = tokens.shape
   if num_captions != 3:
     raise ValueError(f"tokens must be [B, 3, L] (original, paraphrase, negation), got {tokens.shape}")
-  zi = trainee.model.encode_image(batch["image"])
+  if "image_embedding" in batch:  # cached by `image_embedding_cache`: the frozen tower's output
+    zi = batch["image_embedding"]
+  else:
+    zi = trainee.model.encode_image(model_images(batch["image"], normalization))
   z = trainee.model.encode_text(tokens.reshape(b * 3, length)).reshape(b, 3, -1)
   return trainee.objective(zi, z[:, 0], z[:, 1], z[:, 2], trainee.model.logit_scale[...], mesh)
 
@@ -106,12 +120,16 @@ def _clamp_temperature(params: nnx.State) -> nnx.State:
 
 def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, *,
                     mesh: Mesh | None = None, state_shardings: Any = None,
-                    grad_accum_steps: int = 1, donate: bool = True
+                    grad_accum_steps: int = 1, donate: bool = True, normalization: str = "clip"
                     ) -> Callable[[TrainState, Batch], tuple[TrainState, dict[str, jax.Array]]]:
-  """Returns the jitted step(state, batch) -> (state, metrics)."""
+  """Returns the jitted step(state, batch) -> (state, metrics); uint8 images are normalised with
+  `normalization` (`transforms.NORMALIZATIONS`) inside it."""
+  if normalization not in NORMALIZATIONS:
+    raise ValueError(f"unknown data.normalization {normalization!r}; choose one of "
+                     f"{sorted(NORMALIZATIONS)}")
 
   def loss_fn(params, rest, batch):
-    return forward(nnx.merge(graphdef, params, rest), batch, mesh)
+    return forward(nnx.merge(graphdef, params, rest), batch, mesh, normalization)
 
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 

@@ -78,11 +78,13 @@ def test_an_mfu_the_peaks_do_not_support_is_marked_invalid():
 def test_all_runs_peak_step_and_input_and_relates_the_input_rate_to_the_step(capsys):
   assert main(["--preset=tiny", "--batch_size=8", "--towers=text", "--steps=1", "--warmup=0",
                "--peak_n=256", "--workers=0", "--jpeg_files=8", "--input_batch_size=4",
-               "--batches=2", "--shapes_render_size=32"]) == 0
+               "--batches=2", "--shapes_render_size=32", "--large_jpeg_files=4"]) == 0
   out = capsys.readouterr().out
   records = _json_lines(out)
-  assert [(r["what"], r.get("dataset")) for r in records] == [
-      ("peak", None), ("step", None), ("input", "shapes"), ("input", "jpeg_500x375")]
+  assert [(r["what"], r.get("dataset"), r.get("jpeg_draft")) for r in records] == [
+      ("peak", None, None), ("step", None, None), ("input", "shapes", True),
+      ("input", "jpeg_500x375", True), ("input", "jpeg_1024x768", False),
+      ("input", "jpeg_1024x768", True)]
   _, record, *inputs = records
   assert record["captions"] == "sugarcrepe_pp_paraphrased.csv"  # the vendored real captions
   for r in inputs:
@@ -90,7 +92,8 @@ def test_all_runs_peak_step_and_input_and_relates_the_input_rate_to_the_step(cap
     assert r["times_step_rate"] == pytest.approx(r["records_per_s"] / record["samples_per_s"])
     assert r["machine"] and r["date"] and r["jax"] == jax.__version__
   table = [l for l in out.splitlines() if not l.startswith("{")]
-  assert [l.split()[0] for l in table] == ["#", "peak", "step", "input", "input"]
+  assert [l.split()[0] for l in table] == ["#", "peak", "step"] + ["input"] * 4
+  assert "(no draft)" in table[-2] and "(no draft)" not in table[-1]
   assert "the step's consumption" in table[-1]
 
 
@@ -143,3 +146,16 @@ def test_bench_modules_import_no_circle_and_the_runtime_never_imports_bench():
   for path in runtime:
     assert not {m for m in _imported_modules(path)
                 if m == "semclip_jax.bench" or m.startswith("semclip_jax.bench.")}, path
+
+
+def test_cache_compares_the_frozen_image_loop_uncached_and_cached(capsys):
+  assert main(["--what=cache", "--preset=tiny", "--batch_size=8", "--cache_files=24",
+               "--steps=2", "--warmup=1"]) == 0
+  out = capsys.readouterr().out
+  uncached, cached = _json_lines(out)
+  assert (uncached["what"], uncached["cached"], cached["cached"]) == ("cache", False, True)
+  assert uncached["cache_build_s"] is None and cached["cache_build_s"] > 0
+  assert cached["speedup"] == pytest.approx(cached["samples_per_s"] / uncached["samples_per_s"])
+  # Same data, same initial weights, same step: the first losses agree.
+  assert cached["loss_value"] == pytest.approx(uncached["loss_value"], abs=1e-5)
+  assert "cached  :" in out and "x uncached" in out

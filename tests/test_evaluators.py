@@ -12,7 +12,7 @@ from semclip_jax import data as data_lib
 from semclip_jax import evaluate, hf, report
 from semclip_jax.bench import __main__ as bench_main
 from semclip_jax.bench import evaluation
-from semclip_jax.data import input_pipeline
+from semclip_jax.data import input_pipeline, transforms
 from semclip_jax.data.shapes import ShapesSource
 from semclip_jax.evaluators import CCNegEvaluator, metrics
 from semclip_jax.evaluators.embed import EvalRound
@@ -64,7 +64,7 @@ def test_exported_folder_scores_the_same_as_transformers(tmp_path):
   correct = total = 0
   with torch.no_grad():
     for batch in pipeline:
-      pixels = torch.from_numpy(batch["image"]).permute(0, 3, 1, 2)
+      pixels = torch.from_numpy(transforms.normalize(batch["image"])).permute(0, 3, 1, 2)
       tokens = torch.from_numpy(batch["tokens"]).long()
       zi = torch.nn.functional.normalize(torch_model.get_image_features(pixel_values=pixels).pooler_output, dim=-1)
       zt, zn = (torch.nn.functional.normalize(torch_model.get_text_features(

@@ -25,8 +25,8 @@ RUNTIME_CORE = ("semclip_jax.models", "semclip_jax.losses", "semclip_jax.objecti
                 "semclip_jax.data.sources", "semclip_jax.data.input_pipeline",
                 "semclip_jax.data.shapes", "semclip_jax.data.transforms", "semclip_jax.evaluators",
                 "semclip_jax.hf", "semclip_jax.openclip", "semclip_jax.pretrained",
-                "semclip_jax.torch_files",
-                "semclip_jax.metrics_writer")
+                "semclip_jax.torch_files", "semclip_jax.image_embedding_cache",
+                "semclip_jax.data.bucket_agreement", "semclip_jax.metrics_writer")
 
 
 def module_name(path: pathlib.Path) -> str:

@@ -9,7 +9,7 @@ import instant_clip_tokenizer
 import numpy as np
 import pytest
 
-from semclip_jax.data.tokenizer import CLIPTokenizer
+from semclip_jax.data.tokenizer import CLIPTokenizer, clean_caption
 
 EDGE_CASES = [
     "", "   ", "A PHOTO of a CAT.", "Hello,   World!!\t\n", "it's a dog's life; I'll go, we've gone",
@@ -67,6 +67,20 @@ def test_cleaning_as_openai(tokenizer):
   assert same("Fish &amp; chips", "fish & chips")
   assert same("“Quoted”   TEXT\n", '"quoted" text')
   assert not same("a red car", "a blue car")
+
+
+def test_plain_ascii_fast_path_equals_ftfy_and_unescaping():
+  """clean_caption skips ftfy and html.unescape on printable ASCII without "&": on such text
+  (random, and every printable character next to every other) they must change nothing."""
+  rng = np.random.default_rng(0)
+  printable = [chr(c) for c in range(0x20, 0x7F) if chr(c) != "&"]
+  texts = ["".join(rng.choice(printable, rng.integers(1, 60))) for _ in range(3000)]
+  texts += [a + b for a in printable for b in printable]
+  texts += ["it's -- a \"quote\" ... `tick` <b>bold</b> #1 ~50% $5 @home", "  spaced   out  "]
+  for text in texts:
+    assert text.isascii() and text.isprintable() and "&" not in text
+    slow = re.sub(r"\s+", " ", html.unescape(html.unescape(ftfy.fix_text(text))).strip()).strip()
+    assert clean_caption(text) == slow.lower(), text
 
 
 def test_single_string_and_type_errors(tokenizer):

@@ -1,4 +1,4 @@
-"""Benchmarks: `python -m semclip_jax.bench --what=step|input|peak|all|loss_memory|pod|eval`.
+"""Benchmarks: `python -m semclip_jax.bench --what=step|input|cache|peak|all|loss_memory|pod|eval`.
 
 `step` times the full training step (image tower on B images, text tower on the 3B captions in one
 call, loss, backward, AdamW update) after compilation and warm-up: median step time, samples/s,
@@ -11,6 +11,10 @@ as the input pipeline does.
 normalise, tokenize three captions, batch), for the built-in shapes dataset (rendered on the fly)
 and for JPEG files on disk (CSV + image folder, the paper's layout), each with the main process
 alone and with grain worker processes.
+
+`cache` runs the frozen-image training loop end to end (JPEGs from disk through the input
+pipeline into the step) without and with cached image embeddings, in one run
+(`bench.cached_step`).
 
 `peak` measures the dense matmul peak (float32 on CPU, bfloat16 on GPU/TPU) that MFU is quoted
 against. Every measurement prints a table and one JSON line. Absolute rates depend on the machine:
@@ -32,7 +36,8 @@ from typing import Any, Sequence
 
 import jax
 
-from semclip_jax.bench import evaluation, input_rate, peak, results as results_lib, scale, step
+from semclip_jax.bench import (cached_step, evaluation, input_rate, peak, results as results_lib,
+                               scale, step)
 
 # --what -> the module that measures it. Each module has `add_arguments(parser)` (its flags; every
 # module's are on the one parser, so `--help` lists them all and a module may read another's, as
@@ -42,6 +47,7 @@ from semclip_jax.bench import evaluation, input_rate, peak, results as results_l
 MODES: dict[str, ModuleType] = {
     "step": step,  # measures the peak first: MFU needs one from the same run
     "input": input_rate,
+    "cache": cached_step,
     "peak": peak,
     "loss_memory": scale,
     "pod": scale,

@@ -1,8 +1,10 @@
 """The input pipeline's records/s, from source to finished batches: `--what=input`.
 
-Decode, crop, normalise, tokenize three captions and batch, for the built-in shapes dataset
-(rendered on the fly) and for JPEG files on disk (CSV + image folder, the paper's layout), each
-with the main process alone and with grain worker processes.
+Decode, crop, tokenize three captions and batch (uint8 images: the train step normalises on the
+device), for the built-in shapes dataset (rendered on the fly), for JPEG files on disk of CC3M/COCO
+size (500x375, CSV + image folder, the paper's layout), each with the main process alone and with
+grain worker processes, and for larger JPEGs (1024x768), where training's draft decoding applies,
+with the main process alone, with and without it (`jpeg_draft`).
 """
 
 from __future__ import annotations
@@ -45,11 +47,12 @@ def write_jpeg_dataset(folder: str, n: int, size: tuple[int, int] = (500, 375), 
 
 
 def records_per_second(source, *, image_size: int, batch_size: int, workers: int,
-                       batches: int, tokenizer: CLIPTokenizer) -> float:
+                       batches: int, tokenizer: CLIPTokenizer, jpeg_draft: bool = True) -> float:
   """Records/s of the training pipeline over `source`, timed over `batches` batches after the
   first (start-up, e.g. spawning workers, is not throughput)."""
   config = input_pipeline.default_config()
-  config.update(batch_size=batch_size, image_size=image_size, worker_count=workers)
+  config.update(batch_size=batch_size, image_size=image_size, worker_count=workers,
+                jpeg_draft=jpeg_draft)
   pipeline = input_pipeline.make_pipeline(source, config, train=True, tokenizer=tokenizer,
                                           process_index=0, process_count=1)
   try:
@@ -70,28 +73,36 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
   parser.add_argument("--batches", type=int, default=20, help="timed batches per input measurement")
   parser.add_argument("--workers", type=int, default=2, help="grain worker processes")
   parser.add_argument("--jpeg_files", type=int, default=512, help="JPEGs written for the test")
+  parser.add_argument("--large_jpeg_files", type=int, default=128,
+                      help="1024x768 JPEGs written for the draft-decoding case (0: skip it)")
   parser.add_argument("--shapes_render_size", type=int, default=224,
                       help="side at which shapes are drawn before the crop")
 
 
 def measure(args: argparse.Namespace) -> list[dict[str, Any]]:
-  """An "input" record per (dataset, worker count): 0 workers and `--workers`."""
+  """An "input" record per (dataset, worker count, draft decoding): 0 workers and `--workers`
+  with draft decoding as training has it; the large JPEGs at 0 workers with and without it."""
   image_size = args.image_size or get_preset(args.preset).vision.image_size
   tokenizer = CLIPTokenizer()
   records = []
   with tempfile.TemporaryDirectory() as folder:
-    csv_path = write_jpeg_dataset(folder, args.jpeg_files)
-    datasets = {
-        "shapes": ShapesSource(split="train", size=None, image_size=args.shapes_render_size),
-        "jpeg_500x375": sources.csv_source(csv_path, os.path.join(folder, "images"), split=None),
-    }
-    for name, source in datasets.items():
-      for workers in sorted({0, args.workers}):
-        rate = records_per_second(source, image_size=image_size, batch_size=args.input_batch_size,
-                                  workers=workers, batches=args.batches, tokenizer=tokenizer)
-        records.append({"what": "input", "dataset": name, "workers": workers,
-                        "image_size": image_size, "batch_size": args.input_batch_size,
-                        "records_per_s": round(rate, 1)})
+    small, large = os.path.join(folder, "500x375"), os.path.join(folder, "1024x768")
+    runs = [("shapes", ShapesSource(split="train", size=None, image_size=args.shapes_render_size),
+             workers, True) for workers in sorted({0, args.workers})]
+    source = sources.csv_source(write_jpeg_dataset(small, args.jpeg_files),
+                                os.path.join(small, "images"), split=None)
+    runs += [("jpeg_500x375", source, workers, True) for workers in sorted({0, args.workers})]
+    if args.large_jpeg_files:
+      source = sources.csv_source(write_jpeg_dataset(large, args.large_jpeg_files, (1024, 768)),
+                                  os.path.join(large, "images"), split=None)
+      runs += [("jpeg_1024x768", source, 0, draft) for draft in (False, True)]
+    for name, source, workers, draft in runs:
+      rate = records_per_second(source, image_size=image_size, batch_size=args.input_batch_size,
+                                workers=workers, batches=args.batches, tokenizer=tokenizer,
+                                jpeg_draft=draft)
+      records.append({"what": "input", "dataset": name, "workers": workers, "jpeg_draft": draft,
+                      "image_size": image_size, "batch_size": args.input_batch_size,
+                      "records_per_s": round(rate, 1)})
   return records
 
 
@@ -108,6 +119,8 @@ def relate_to_step(results: Sequence[dict[str, Any]]) -> None:
 def print_table(results: Sequence[dict[str, Any]]) -> None:
   for r in results:
     if r["what"] == "input":
-      print(f"input  {r['dataset']:<14} workers={r['workers']}  {r['records_per_s']:>8.1f} records/s"
+      print(f"input  {r['dataset']:<14} workers={r['workers']}"
+            + ("" if r.get("jpeg_draft", True) else " (no draft)")
+            + f"  {r['records_per_s']:>8.1f} records/s"
             + (f"  ({r['times_step_rate']:.0f}× the step's consumption)"
                if "times_step_rate" in r else ""))

@@ -41,6 +41,12 @@ def default_config() -> ml_collections.ConfigDict:
   c.shapes_size = 20_000  # shapes: training items (each rendered on the fly)
   c.shapes_eval_size = 512  # shapes: items of "val" and of "test" (held-out colour/shape pairs)
   c.shapes_render_size = 64  # shapes: side at which scenes are drawn before the crop
+  # Training with the image tower frozen and a deterministic crop (train_crop="center", or
+  # resize="squash"): each distinct image's embedding is computed once and read back in every
+  # epoch, so the step skips the image tower and the input skips decoding
+  # (semclip_jax/image_embedding_cache.py). Refused, with the reason, where it cannot apply.
+  c.cache_image_embeddings = False
+  c.image_embedding_cache_dir = ""  # "" = <workdir>/image_embedding_cache; keyed by fingerprint
   return c
 
 

@@ -1,13 +1,19 @@
 """The grain input pipeline: triple sources -> batches of images and tokenized caption triples.
 
 source → this process's shard (`process_index::process_count`) → seeded shuffle, reshuffled each
-epoch → decode → resize (`resize`): "shortest_side_crop" = random resized crop (train, with
-`train_crop="random_resized"`) or bicubic shortest-side resize + centre crop (eval), or "squash" =
-bilinear resize of the whole image to S × S (train and eval, no crop: the official code) →
-normalise (`normalization`: CLIP's or ImageNet's mean/std) → tokenize the three captions → drop bad
-records (counted) → batch → worker processes → optionally global `jax.Array`s over a mesh.
+epoch → decode (training: JPEG draft decoding at a reduced scale when the image is ≥ 2× what the
+crop needs, `jpeg_draft`) → resize (`resize`): "shortest_side_crop" = random resized crop (train,
+with `train_crop="random_resized"`) or bicubic shortest-side resize + centre crop (eval), or
+"squash" = bilinear resize of the whole image to S × S (train and eval, no crop: the official
+code) → tokenize the three captions → drop bad records (counted) → batch → worker processes →
+optionally global `jax.Array`s over a mesh.
 
-Batches are dicts: `image` float32 [B, S, S, 3], `tokens` int32 [B, 3, L] (original, paraphrase,
+Images stay uint8 up to the consumer, which normalises them (`transforms.normalize` with
+`normalization`: CLIP's or ImageNet's mean/std): the train step on the device, inside its jit;
+evaluation on the host. uint8 is a quarter of float32's bytes through the workers' shared memory
+and the host-to-device copy, and the host spends no time on arithmetic the device does for free.
+
+Batches are dicts: `image` uint8 [B, S, S, 3], `tokens` int32 [B, 3, L] (original, paraphrase,
 negation; L is the smallest of `length_buckets` holding the batch's longest caption), `id` and
 `image_key` (numpy strings; `image_key` is shared by the rows showing the same image: a source's
 own key, else a hash of the encoded image). The eval path is deterministic. The iterator's state
@@ -21,7 +27,9 @@ of its records the pipeline raises `BadDataError` naming the first offenders.
 
 from __future__ import annotations
 
+import copy
 import logging
+import threading
 from typing import Any, Iterator
 
 import grain
@@ -29,10 +37,11 @@ import ml_collections
 import numpy as np
 from PIL import Image
 
+from semclip_jax.data import bucket_agreement
 from semclip_jax.data.sources import FIELDS, content_key
 from semclip_jax.data.tokenizer import CLIPTokenizer
-from semclip_jax.data.transforms import (NORMALIZATIONS, RESIZES, eval_resize, normalize,
-                                         random_resized_crop_box, to_pil)
+from semclip_jax.data.transforms import (RESIZES, decode_rgb, draft_size,
+                                         eval_resize, open_image, random_resized_crop_box)
 
 logger = logging.getLogger(__name__)
 _MAX_NOTES = 5  # offenders remembered per batch, and named in BadDataError
@@ -60,6 +69,10 @@ def default_config() -> ml_collections.ConfigDict:
   # Pixel mean/std: "clip" (what CLIP checkpoints were trained with) or "imagenet" (the official
   # SemCLIP code's torchvision Normalize).
   c.normalization = "clip"
+  # Training decodes a JPEG at 1/2, 1/4 or 1/8 scale when it is at least that many times larger
+  # than the crop needs (PIL draft mode: a fraction of the decode and resize cost, pixels within
+  # about one grey level). Evaluation never does: it stays equal to CLIPImageProcessor.
+  c.jpeg_draft = True
   c.seed = 0  # shuffle and augmentation seed
   c.num_epochs = ml_collections.config_dict.placeholder(int)  # train epochs; unset = forever
   c.worker_count = 2  # grain worker processes (0: decode in the main process)
@@ -85,52 +98,64 @@ class Preprocess:
   """record -> {"image", "tokens", "id", "image_key"}, or {"id", "error"} for a record to skip.
 
   `crop` ("random_resized" or "center") applies to `resize="shortest_side_crop"`; "squash" never
-  crops. Without an `rng` (eval) the output is a pure function of the record.
+  crops. Without an `rng` (eval) the output is a pure function of the record. A record carrying an
+  `image_embedding` (from `image_embedding_cache.CachedSource`) passes it on instead of "image".
   """
 
   def __init__(self, tokenizer: CLIPTokenizer, image_size: int, context_length: int,
                crop: str, crop_scale: tuple[float, float], *,
-               resize: str = "shortest_side_crop", normalization: str = "clip"):
+               resize: str = "shortest_side_crop", jpeg_draft: bool = False):
     if crop not in ("random_resized", "center"):
       raise ValueError(f"unknown crop {crop!r} (data.train_crop); choose 'random_resized' or "
                        "'center'")
     if resize not in RESIZES:
       raise ValueError(f"unknown data.resize {resize!r}; choose one of {list(RESIZES)}")
-    if normalization not in NORMALIZATIONS:
-      raise ValueError(f"unknown data.normalization {normalization!r}; choose one of "
-                       f"{sorted(NORMALIZATIONS)}")
     self.tokenizer = tokenizer
     self.image_size = image_size
     self.context_length = context_length
     self.crop = crop
     self.crop_scale = tuple(crop_scale)
     self.resize = resize
-    self.normalization = normalization
+    self.jpeg_draft = jpeg_draft
 
   def __call__(self, record: dict[str, Any], rng: np.random.Generator | None = None
                ) -> dict[str, Any]:
     ident = str(record.get("id"))
     error = record.get("error") or _caption_error(record)
-    if error is None and record.get("image") is None:
-      error = "no image"
-    if error is None:
-      try:
-        pil = to_pil(record["image"])
-        if min(pil.size) == 0:
-          error = "zero-size image"
-      except Exception as e:  # PIL raises many types for broken files; all mean "skip it"
-        error = f"undecodable image: {type(e).__name__}: {e}"
+    if error is None and "image_embedding" in record:  # a cached embedding stands for the image
+      image = {"image_embedding": np.asarray(record["image_embedding"], np.float32)}
+    elif error is None:
+      pixels, error = self.pixels(record, rng)
+      image = {"image": pixels}
     if error is not None:
       return {"id": ident, "error": error}
-    if self.resize != "squash" and self.crop == "random_resized" and rng is not None:
-      box = random_resized_crop_box(*pil.size, rng, self.crop_scale)
-      pixels = np.asarray(pil.resize((self.image_size,) * 2, Image.Resampling.BICUBIC, box=box))
-    else:  # squash (train and eval alike), or the centre crop
-      pixels = eval_resize(pil, self.image_size, self.resize)
     tokens = self.tokenizer([record[f] for f in FIELDS], context_length=self.context_length)
     key = record.get("image_key")  # sources name their images; other records get a content hash
-    return {"image": normalize(pixels, self.normalization), "tokens": tokens, "id": ident,
+    return {**image, "tokens": tokens, "id": ident,
             "image_key": content_key(record["image"]) if key is None else str(key)}
+
+  def pixels(self, record: dict[str, Any], rng: np.random.Generator | None = None
+             ) -> tuple[np.ndarray | None, str | None]:
+    """(uint8 [S, S, 3] of the record's image, None), or (None, why it must be skipped)."""
+    if record.get("error"):
+      return None, record["error"]
+    if record.get("image") is None:
+      return None, "no image"
+    box = None
+    try:
+      pil = open_image(record["image"])  # the header: the size, before any pixel is decoded
+      if min(pil.size) == 0:
+        return None, "zero-size image"
+      if self.resize != "squash" and self.crop == "random_resized" and rng is not None:
+        box = random_resized_crop_box(*pil.size, rng, self.crop_scale)
+      pil, factor = decode_rgb(pil, draft_size(*pil.size, self.image_size, self.resize, box)
+                               if self.jpeg_draft else None)
+    except Exception as e:  # PIL raises many types for broken files; all mean "skip it"
+      return None, f"undecodable image: {type(e).__name__}: {e}"
+    if box is not None:
+      box = tuple(x / factor for x in box)  # a drafted image is `factor` times smaller
+      return np.asarray(pil.resize((self.image_size,) * 2, Image.Resampling.BICUBIC, box=box)), None
+    return eval_resize(pil, self.image_size, self.resize), None  # squash, or the centre crop
 
 
 # ----------------------------------------------------------------------------------------------
@@ -188,7 +213,8 @@ def build_dataset(source, config: ml_collections.ConfigDict, *, train: bool,
   crop = config.train_crop if train else "center"
   preprocess = Preprocess(tokenizer or CLIPTokenizer(context_length=config.context_length),
                           config.image_size, config.context_length, crop, config.crop_scale,
-                          resize=config.resize, normalization=config.normalization)
+                          resize=config.resize,
+                          jpeg_draft=train and config.get("jpeg_draft", False))
   ds = ds.random_map(preprocess, seed=config.seed) if train else ds.map(preprocess)
   batches = DropBadRecords(ds.to_iter_dataset()).batch(config.batch_size // process_count,
                                                        drop_remainder=train)
@@ -207,54 +233,107 @@ def _allow_grain_workers() -> None:
     flags.FLAGS.mark_as_parsed()
 
 
-def trim_to_bucket(tokens: np.ndarray, buckets: tuple[int, ...], pad_id: int = 0) -> np.ndarray:
-  """[B, 3, L] -> [B, 3, L'] with L' the smallest bucket (or L) ≥ the longest caption's length.
+def longest_caption(tokens: np.ndarray, pad_id: int = 0) -> int:
+  """The length of the longest caption in tokens [..., L]: one past the last position any caption
+  uses (1 when all are padding, so that a length is never 0)."""
+  used = np.flatnonzero(np.any(tokens != pad_id, axis=tuple(range(tokens.ndim - 1))))
+  return int(used[-1]) + 1 if used.size else 1
 
-  With several processes every one must cut to the same length (they form one global array), so
-  the longest length is agreed by an all-gather.
+
+def trim_to_bucket(tokens: np.ndarray, buckets: tuple[int, ...], pad_id: int = 0,
+                   longest: int | None = None) -> np.ndarray:
+  """[B, 3, L] -> [B, 3, L'] with L' the smallest bucket (or L) ≥ `longest`, by default the
+  longest caption's length in `tokens`.
+
+  Local and pure: with several processes, which must all cut alike (their rows form one global
+  array), the caller passes the longest over all of them (InputPipeline agrees on it ahead).
   """
   full = tokens.shape[-1]
-  used = np.flatnonzero(np.any(tokens != pad_id, axis=tuple(range(tokens.ndim - 1))))
-  longest = int(used[-1]) + 1 if used.size else 1
-  import jax  # pylint: disable=import-outside-toplevel
-
-  if jax.process_count() > 1:
-    from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
-
-    longest = int(np.max(multihost_utils.process_allgather(np.int32(longest))))
+  if longest is None:
+    longest = longest_caption(tokens, pad_id)
   length = min([b for b in buckets if longest <= b <= full] or [full])
   return tokens[..., :length]
 
 
 class InputPipeline:
-  """Iterator of batches with the bad-record accounting and a checkpointable state."""
+  """Iterator of batches with the bad-record accounting and a checkpointable state.
+
+  With length buckets and an `agreement` among several processes, a prefetch thread draws each
+  batch and agrees on its length one batch ahead (the wait for the slowest process overlaps the
+  step in flight), so `__next__` only takes a finished batch; with one process all runs in
+  `__next__`, in the caller's thread.
+  """
+
+  DEVICE_KEYS = ("image", "image_embedding", "tokens")  # the arrays a mesh gets, when present
 
   def __init__(self, dataset: grain.IterDataset, epoch_size: int, max_bad_fraction: float,
-               mesh=None, length_buckets: tuple[int, ...] = (), pad_id: int = 0):
+               mesh=None, length_buckets: tuple[int, ...] = (), pad_id: int = 0,
+               agreement: bucket_agreement.BucketAgreement | None = None):
     self._iterator = iter(dataset)
     self.length_buckets = tuple(sorted(length_buckets))
     self.pad_id = pad_id
     self.epoch_size = epoch_size
     self.max_bad_fraction = max_bad_fraction
     self.mesh = mesh
+    self.agreement = agreement or bucket_agreement.LocalAgreement()
     self._counts = {"epoch": 0, "seen_in_epoch": 0, "skipped_in_epoch": 0, "skipped_total": 0}
     self._notes: list[str] = []
+    self._ahead = bool(self.length_buckets) and self.agreement.process_count > 1
+    self._batch_number = 0  # batches drawn since the start or the last set_state
+    # Started at the first __next__, not here: a resume's set_state right after construction
+    # would only throw its work away.
+    self._prefetcher: bucket_agreement.Prefetcher | None = None
+    # Once a prefetch thread ran: grain's state after the last batch taken (grain's own is ahead).
+    self._grain_state: Any = None
 
   def __iter__(self) -> Iterator[dict[str, Any]]:
     return self
 
   def __next__(self) -> dict[str, Any]:
-    batch = next(self._iterator)
+    if self._ahead:
+      if self._prefetcher is None:
+        if self._grain_state is None:
+          self._grain_state = copy.deepcopy(self._iterator.get_state())
+        self._prefetcher = bucket_agreement.Prefetcher(self._draw_ahead)
+      batch, self._grain_state = self._prefetcher.take()
+    else:
+      batch = self._draw()
     skipped = int(np.sum(batch.pop("num_skipped")))
     notes = [n for joined in np.atleast_1d(batch.pop("skip_notes")) for n in str(joined).split("\n") if n]
     self._account(len(batch["id"]), skipped, notes)
-    if self.length_buckets:
-      batch["tokens"] = trim_to_bucket(batch["tokens"], self.length_buckets, self.pad_id)
-    if self.mesh is not None:
+    if self.mesh is not None:  # here, not in the prefetch thread: device transfers go with the step
       from semclip_jax.sharding import global_batch  # pylint: disable=import-outside-toplevel
 
-      batch.update(global_batch({k: batch[k] for k in ("image", "tokens")}, self.mesh))
+      batch.update(global_batch({k: batch[k] for k in self.DEVICE_KEYS if k in batch}, self.mesh))
     return batch
+
+  def _draw(self, stop: threading.Event | None = None) -> dict[str, Any]:
+    """The next grain batch, its tokens cut to the length bucket agreed by all processes;
+    StopIteration once this process or any other has no more."""
+    batch = next(self._iterator, None)
+    if not self.length_buckets:
+      if batch is None:
+        raise StopIteration
+      return batch
+    # A process out of input says so rather than staying silent: all stop at this batch together
+    # instead of the others timing out.
+    longest = None if batch is None else longest_caption(batch["tokens"], self.pad_id)
+    number, self._batch_number = self._batch_number, self._batch_number + 1  # even if called off
+    agreed = self.agreement.agree(number, longest, stop)
+    if agreed is None:
+      raise StopIteration
+    batch["tokens"] = trim_to_bucket(batch["tokens"], self.length_buckets, self.pad_id, agreed)
+    return batch
+
+  def _draw_ahead(self, stop: threading.Event) -> tuple[dict[str, Any], Any]:
+    """A batch and grain's state after it (the prefetch thread's work)."""
+    batch = self._draw(stop)
+    return batch, copy.deepcopy(self._iterator.get_state())
+
+  def _stop_prefetch(self) -> None:
+    if self._prefetcher is not None:
+      self._prefetcher.stop()
+      self._prefetcher = None
 
   def _account(self, good: int, skipped: int, notes: list[str]) -> None:
     c = self._counts
@@ -279,16 +358,25 @@ class InputPipeline:
     return self._counts["skipped_total"]
 
   def get_state(self) -> dict[str, Any]:
-    return {"grain": self._iterator.get_state(), "counts": dict(self._counts),
-            "notes": list(self._notes)}
+    """The state after the batches `__next__` returned (not after those prefetched)."""
+    grain_state = self._iterator.get_state() if self._grain_state is None else self._grain_state
+    return {"grain": grain_state, "counts": dict(self._counts), "notes": list(self._notes)}
 
   def set_state(self, state: dict[str, Any]) -> None:
+    """Restores a `get_state`; with several processes, all must call it together (it starts a new
+    generation of batch numbers for the length agreement)."""
+    self._stop_prefetch()
     self._iterator.set_state(state["grain"])
+    self.agreement.new_generation()
+    self._batch_number = 0
+    self._grain_state = None
     self._counts = dict(state["counts"])
     self._notes = list(state["notes"])
 
   def close(self) -> None:
-    """Stops the worker processes (also done at garbage collection, but not reliably)."""
+    """Stops the prefetch thread and the worker processes (the workers also stop at garbage
+    collection, but not reliably; a prefetch thread keeps the pipeline from it)."""
+    self._stop_prefetch()
     close = getattr(self._iterator, "close", None)
     if close is not None:
       close()
@@ -296,8 +384,13 @@ class InputPipeline:
 
 def make_pipeline(source, config: ml_collections.ConfigDict, *, train: bool, mesh=None,
                   tokenizer: CLIPTokenizer | None = None, process_index: int | None = None,
-                  process_count: int | None = None) -> InputPipeline:
-  """The input pipeline of this process (jax.process_index / process_count by default)."""
+                  process_count: int | None = None,
+                  agreement: bucket_agreement.BucketAgreement | None = None) -> InputPipeline:
+  """The input pipeline of this process (jax.process_index / process_count by default).
+
+  `agreement` agrees batch lengths over the processes; by default the key-value store of
+  jax.distributed when this is one of several JAX processes reading a shard each, else none.
+  """
   if process_index is None or process_count is None:
     import jax  # pylint: disable=import-outside-toplevel
 
@@ -305,5 +398,8 @@ def make_pipeline(source, config: ml_collections.ConfigDict, *, train: bool, mes
   tokenizer = tokenizer or CLIPTokenizer(context_length=config.context_length)
   dataset, epoch_size = build_dataset(source, config, train=train, tokenizer=tokenizer,
                                       process_index=process_index, process_count=process_count)
-  return InputPipeline(dataset, epoch_size, config.max_bad_fraction, mesh,
-                       tuple(config.get("length_buckets", ())), tokenizer.pad_id)
+  buckets = tuple(config.get("length_buckets", ()))
+  if agreement is None and buckets:
+    agreement = bucket_agreement.for_processes(process_index, process_count)
+  return InputPipeline(dataset, epoch_size, config.max_bad_fraction, mesh, buckets,
+                       tokenizer.pad_id, agreement)

@@ -300,16 +300,23 @@ class ShapesSource:
     return _layout(self._rng(index), self.split, self.image_size)[0]
 
   def __getitem__(self, index: int) -> dict:
+    return self._item(index, render=True)
+
+  def metadata(self, index: int) -> dict:
+    """Item `index` without its image (nothing drawn): what a cached image embedding needs."""
+    return self._item(index, render=False)
+
+  def _item(self, index: int, render: bool) -> dict:
     rng = self._rng(index)
     objects, background = _layout(rng, self.split, self.image_size)
     clauses = _clauses(rng, objects)
     mention = [bool(rng.random() < _SIZE_MENTION_PROB) for _ in objects]
     ident = f"shapes-{self.split}-{int(index):09d}"
-    return {
-        "image": _render(objects, background, self.image_size),
+    item = {
         "caption": _caption([_words(rng, o, m, False) for o, m in zip(objects, mention)], clauses),
         "paraphrase": _paraphrase(rng, objects, mention, clauses),
         "negation": _negation(rng, objects, mention, clauses),
         "id": ident,
         "image_key": ident,
     }
+    return {"image": _render(objects, background, self.image_size), **item} if render else item

@@ -201,11 +201,15 @@ class TripleFileSource:
   def __len__(self) -> int:
     return len(self.triples)
 
-  def __getitem__(self, index: int) -> dict[str, Any]:
+  def metadata(self, index: int) -> dict[str, Any]:
+    """Record `index` without its image (no file read): what a cached image embedding needs."""
     t = self.triples[index]
-    record = {"id": t.id, "image_key": t.image, "caption": t.caption, "paraphrase": t.paraphrase,
-              "negation": t.negation}
-    path = os.path.join(self.image_dir, t.image)
+    return {"id": t.id, "image_key": t.image, "caption": t.caption, "paraphrase": t.paraphrase,
+            "negation": t.negation}
+
+  def __getitem__(self, index: int) -> dict[str, Any]:
+    record = self.metadata(index)
+    path = os.path.join(self.image_dir, self.triples[index].image)
     try:
       with open(path, "rb") as f:
         return {**record, "image": f.read()}
@@ -275,6 +279,20 @@ def content_key(image: bytes | np.ndarray) -> str:
   else:
     data = bytes(image)
   return hashlib.sha1(data).hexdigest()
+
+
+def record_metadata(source, index: int) -> dict[str, Any]:
+  """Record `index` of `source` without its image, with its `image_key` (the source's own, else
+  the content hash): from `source.metadata` where a source can skip the image (no file read, no
+  drawing), else the whole record read and the image dropped."""
+  metadata = getattr(source, "metadata", None)
+  if metadata is not None:
+    return metadata(index)
+  record = dict(source[index])
+  image = record.pop("image", None)
+  if record.get("image_key") is None and image is not None:
+    record["image_key"] = content_key(image)
+  return record
 
 
 class ArrayRecordSource:

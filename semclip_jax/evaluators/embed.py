@@ -26,6 +26,7 @@ from flax import nnx
 
 from semclip_jax.data import input_pipeline, sources
 from semclip_jax.data.shapes import ShapesSource
+from semclip_jax.data.transforms import normalize
 from semclip_jax.models.clip import CLIP, l2_normalize
 from semclip_jax.models.model_config import CLIPConfig
 from semclip_jax.sharding import batch_sharding
@@ -201,7 +202,7 @@ class EvalRound:
     image_keys: list[str] = []
     try:
       for batch in pipeline:
-        images.add(batch["image"])
+        images.add(normalize(batch["image"], data_config.normalization))
         texts.add(batch["tokens"].reshape(-1, batch["tokens"].shape[-1]))  # [B, 3, L] -> [3B, L]
         ids.extend(str(i) for i in batch["id"])
         image_keys.extend(str(k) for k in batch["image_key"])
