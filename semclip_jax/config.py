@@ -85,14 +85,14 @@ def paper_compat(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   own, so any one can be switched back (e.g. `--config.data.split_by=image`):
   its contrastive term and temperature (`loss.paper_compat`), weight decay on every trainable
   tensor (`optim.decay_all`), 224×224 squash + ImageNet mean/std for training and evaluation
-  (`data.resize`, `data.normalization`), the seed-42 random row split, for CC-Neg too
+  (`data.resize`, `data.normalization`) from fully decoded images (`data.jpeg_draft` off), the seed-42 random row split, for CC-Neg too
   (`data.split_by`, `data.split_seed`, `data.ccneg_official`; it leaks images between splits),
   and the official metrics (`evals.official`: per-row top-1/3/5 and the combined score;
   retrieval at k = 1, 3, 5). DESIGN.md decision 14 lists what it cannot reproduce."""
   c.loss.paper_compat = True
   c.optim.decay_all = True
   c.data.update(resize="squash", normalization="imagenet", split_by="rows", split_seed=42,
-                ccneg_official=False)
+                ccneg_official=False, jpeg_draft=False)
   if c.data.kind != "shapes":  # the official metrics need triples of the run's own data
     c.evals.official = dict(type="official", every_steps=_first_every_steps(c), ks=(1, 3, 5))
   for eval_config in c.evals.values():

@@ -121,7 +121,7 @@ def test_paper_compat_is_one_argument_and_each_part_a_field(name):
   ours, compat = load(name), load(name, "paper_compat")
   parts = {"loss.paper_compat": True, "optim.decay_all": True, "data.resize": "squash",
            "data.normalization": "imagenet", "data.split_by": "rows", "data.split_seed": 42,
-           "data.ccneg_official": False}
+           "data.ccneg_official": False, "data.jpeg_draft": False}
   get = lambda c, path: c[path.split(".")[0]][path.split(".")[1]]
   for path, value in parts.items():
     assert get(compat, path) == value, path
