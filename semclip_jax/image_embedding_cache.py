@@ -30,6 +30,7 @@ uncached runs are interchangeable and a run may switch the cache on or off when 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import logging
@@ -90,8 +91,12 @@ def weights_fingerprint(tree: Any) -> str:
   where the arrays live; sharded (even multi-host) arrays need no gathering."""
   flat = [(sharding.path_str(path), leaf)
           for path, leaf in jax.tree_util.tree_leaves_with_path(tree)]
+  placed = getattr(flat[0][1], "sharding", None) if flat else None
+  # Replicated sums on a mesh, so every process holds them whole (read from its first shard).
+  replicate = ({"out_shardings": sharding.replicated(placed.mesh)}
+               if isinstance(placed, jax.sharding.NamedSharding) else {})
 
-  @jax.jit
+  @functools.partial(jax.jit, **replicate)
   def checksums(leaves):
     sums = []
     for x in leaves:

@@ -10,12 +10,14 @@ import sys
 import textwrap
 import time
 
+import jax
 import numpy as np
 import pytest
+from jax.sharding import NamedSharding, PartitionSpec as P
 
 from semclip_jax import config as config_lib
 from semclip_jax import image_embedding_cache as cache_lib
-from semclip_jax import train
+from semclip_jax import sharding, train
 from semclip_jax.bench.input_rate import write_jpeg_dataset
 from semclip_jax.data import input_pipeline, sources
 from semclip_jax.data.shapes import ShapesSource
@@ -92,11 +94,16 @@ def test_a_changed_tower_transform_or_split_gets_a_new_cache(tmp_path):
   changed.append(folder_of(other_seed, source))
   assert len({base, *changed}) == 5
   # Any one changed bit of any tower parameter changes the weights' fingerprint.
-  weights = {"a": np.arange(12, dtype=np.float32).reshape(3, 4), "b": np.ones(5, np.float32)}
+  weights = {"a": np.arange(32, dtype=np.float32).reshape(4, 8), "b": np.ones(5, np.float32)}
   flipped = {**weights, "b": weights["b"].copy()}
   flipped["b"].view(np.uint32)[3] ^= 1
   assert cache_lib.weights_fingerprint(weights) == cache_lib.weights_fingerprint(dict(weights))
   assert cache_lib.weights_fingerprint(weights) != cache_lib.weights_fingerprint(flipped)
+  # Computed where the parameters live: split over a 2 x 4 mesh, the same fingerprint.
+  mesh = sharding.make_mesh(2, 4)
+  placed = {"a": jax.device_put(weights["a"], NamedSharding(mesh, P("data", "fsdp"))),
+            "b": jax.device_put(weights["b"], sharding.replicated(mesh))}
+  assert cache_lib.weights_fingerprint(placed) == cache_lib.weights_fingerprint(weights)
 
 
 def _jpegs(folder, n=24, broken=()):
