@@ -20,6 +20,7 @@ import glob
 import json
 import os
 import secrets
+import stat
 from typing import IO, Any, Iterator
 
 TEMP_SUFFIX = ".tmp"
@@ -59,8 +60,12 @@ def replacing(path: str) -> Iterator[str]:
   folder = os.path.dirname(os.path.abspath(path))
   os.makedirs(folder, exist_ok=True)
   tmp = _new_temp(path)
+  mode = stat.S_IMODE(os.stat(tmp).st_mode)  # what open() would give a new file (0o666 - umask)
   try:
     yield tmp
+    # A writer that made its own file in place of ours (safetensors' save_file creates 0o600)
+    # must not make the target private to us: teammates read exports on shared filesystems.
+    os.chmod(tmp, mode)
     _fsync(tmp)  # the data first: a rename that outlives a crash must not point at lost blocks
     os.replace(tmp, path)
   except BaseException:  # KeyboardInterrupt too: never leave a temporary file behind

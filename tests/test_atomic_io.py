@@ -91,6 +91,19 @@ def test_new_files_get_the_usual_permissions(tmp_path):
   assert stat.S_IMODE(os.stat(tmp_path / "a.txt").st_mode) == 0o644  # not mkstemp's 0o600
 
 
+def test_a_writer_that_remakes_the_file_privately_still_gives_the_usual_permissions(tmp_path):
+  """safetensors' save_file (and any writer replacing the temporary file) creates 0o600: the
+  target still gets what open() gives a new file, as every other file of an export."""
+  old = os.umask(0o022)
+  try:
+    with atomic_io.replacing(str(tmp_path / "model.safetensors")) as tmp:
+      os.remove(tmp)
+      os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+  finally:
+    os.umask(old)
+  assert stat.S_IMODE(os.stat(tmp_path / "model.safetensors").st_mode) == 0o644
+
+
 def test_remove_stray_temps_and_bad_mode(tmp_path):
   for name in ("triples-00000.array_record", "triples-00001.array_record.1a2b.tmp",
                "triples-00002.array_record.ffff.tmp", "progress.json.0c0c.tmp", "notes.tmp"):

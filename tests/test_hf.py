@@ -3,6 +3,7 @@
 import json
 import os
 import shutil
+import stat
 
 import jax.numpy as jnp
 import numpy as np
@@ -12,9 +13,9 @@ import transformers
 from flax import nnx
 
 from hf_oracle import ORACLE_CONFIGS, make_oracle, torch_embeddings
-from semclip_jax import hf
+from semclip_jax import hf, openclip
 from semclip_jax.data.tokenizer import CLIPTokenizer
-from semclip_jax.models import clip_logits, create_clip
+from semclip_jax.models import clip_logits, create_clip, get_preset
 
 CAPTIONS = [
     "A man riding a horse on a beach.",
@@ -89,6 +90,23 @@ def test_load_save_load_is_bit_identical(tmp_path):
   assert original.keys() == exported.keys()
   for key in original:
     assert np.array_equal(original[key], exported[key]), key
+
+
+def test_exported_files_are_readable_by_others_as_the_umask_allows(tmp_path):
+  """Teammates on a shared filesystem read exports: every file of the HF and open_clip folders
+  gets 0o644 under umask 022 (safetensors alone used to leave model.safetensors 0o600)."""
+  model = create_clip(get_preset("tiny"))
+  old = os.umask(0o022)
+  try:
+    folders = [hf.save_hf_clip(model, str(tmp_path / "hf")),
+               openclip.save_openclip(model, str(tmp_path / "open_clip"))]
+  finally:
+    os.umask(old)
+  modes = {f"{os.path.basename(folder)}/{name}":
+           stat.S_IMODE(os.stat(os.path.join(folder, name)).st_mode)
+           for folder in folders for name in os.listdir(folder)}
+  assert "hf/model.safetensors" in modes and "open_clip/open_clip_model.safetensors" in modes
+  assert {name: mode for name, mode in modes.items() if mode != 0o644} == {}
 
 
 def test_config_from_transformers_object_equals_config_json(tmp_path):
