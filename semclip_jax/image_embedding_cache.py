@@ -127,13 +127,15 @@ class Plan:
   def of(cls, source) -> Plan:
     rows: dict[str, int] = {}
     row_of = np.empty(len(source), np.int32)
+    first: list[int] = []
     for i in range(len(source)):
       key = sources.record_metadata(source, i).get("image_key")
-      row_of[i] = rows.setdefault(f"record {i}" if key is None else str(key), len(rows))
-    first = np.full(len(rows), -1, np.int32)
-    for i in range(len(source) - 1, -1, -1):
-      first[row_of[i]] = i
-    return cls(list(rows), row_of, first)
+      key = f"record {i}" if key is None else str(key)
+      if key not in rows:
+        rows[key] = len(rows)
+        first.append(i)
+      row_of[i] = rows[key]
+    return cls(list(rows), row_of, np.asarray(first, np.int32))
 
   def keys_hash(self) -> str:
     """sha256 of every record's image key, in order: the records' identity in the fingerprint."""
@@ -214,7 +216,7 @@ class CachedSource:
     return len(self.row_of)
 
   def __getitem__(self, index: int) -> dict[str, Any]:
-    record = {k: v for k, v in sources.record_metadata(self.source, index).items() if k != "image"}
+    record = sources.record_metadata(self.source, index)
     j, offset = divmod(int(self.row_of[index]), self.shard_rows)
     if j not in self._shards:
       with open(self._paths[j][1], encoding="utf-8") as f:

@@ -206,9 +206,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       # While step k runs, the host prepares and transfers batch k+1 (grain workers prefetch
       # further ahead); a device->host read in the step's dispatch would serialise the two.
       batch = next(pipeline)
-      arrays = {k: batch[k] for k in input_pipeline.InputPipeline.DEVICE_KEYS if k in batch}
       with jax.transfer_guard_device_to_host("disallow"):
-        state, metrics = step_fn(state, arrays)
+        state, metrics = step_fn(state, input_pipeline.device_arrays(batch))
       step += 1
       if step % config.log_every_steps == 0 or step == config.total_steps:
         metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}

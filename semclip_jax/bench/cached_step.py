@@ -48,7 +48,6 @@ def timed_loop(config, source, workdir: str, *, cached: bool, warmup: int, steps
   step = train_step.make_train_step(graphdef, tx, mesh=mesh, state_shardings=shardings,
                                     normalization=config.data.normalization)
   pipeline = input_pipeline.make_pipeline(source, config.data, train=True, mesh=mesh)
-  keys = input_pipeline.InputPipeline.DEVICE_KEYS
   try:
     metrics = None
     for i in range(warmup + steps):
@@ -56,7 +55,7 @@ def timed_loop(config, source, workdir: str, *, cached: bool, warmup: int, steps
         jax.block_until_ready(metrics)
         start = time.perf_counter()
       batch = next(pipeline)
-      state, metrics = step(state, {k: batch[k] for k in keys if k in batch})
+      state, metrics = step(state, input_pipeline.device_arrays(batch))
     jax.block_until_ready(metrics)
     elapsed = time.perf_counter() - start
   finally:

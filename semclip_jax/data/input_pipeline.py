@@ -255,6 +255,11 @@ def trim_to_bucket(tokens: np.ndarray, buckets: tuple[int, ...], pad_id: int = 0
   return tokens[..., :length]
 
 
+def device_arrays(batch: dict[str, Any]) -> dict[str, Any]:
+  """The arrays of a batch the train step takes (`InputPipeline.DEVICE_KEYS` that are present)."""
+  return {k: batch[k] for k in InputPipeline.DEVICE_KEYS if k in batch}
+
+
 class InputPipeline:
   """Iterator of batches with the bad-record accounting and a checkpointable state.
 
@@ -304,7 +309,7 @@ class InputPipeline:
     if self.mesh is not None:  # here, not in the prefetch thread: device transfers go with the step
       from semclip_jax.sharding import global_batch  # pylint: disable=import-outside-toplevel
 
-      batch.update(global_batch({k: batch[k] for k in self.DEVICE_KEYS if k in batch}, self.mesh))
+      batch.update(global_batch(device_arrays(batch), self.mesh))
     return batch
 
   def _draw(self, stop: threading.Event | None = None) -> dict[str, Any]:
