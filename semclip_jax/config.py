@@ -9,11 +9,28 @@ evaluators, checkpointing or Hugging Face code: reading a config stays cheap.
 
 from __future__ import annotations
 
+import importlib.resources
+import importlib.util
+import json
+import os
+from typing import Any, Mapping, Sequence
+
 import ml_collections
+from absl import flags
+from ml_collections import config_flags
 
 from semclip_jax import data as data_lib
 from semclip_jax import objective, optim
 
+# The config files shipped with the package (the repository's configs/ folder, installed as this
+# package), found by name: `--config=shapes` works from any folder after `pip install`.
+PACKAGED_CONFIGS = "semclip_jax.configs"
+# A source checkout imported through sys.path without an install (a notebook kernel started
+# before `pip install -e`) has the configs beside the package only.
+_CHECKOUT_CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                 "configs")
+# The run's own config, saved beside its checkpoints (train.py writes it at the start).
+RUN_CONFIG_FILE = "config.json"
 # What may follow `:` in --config=configs/<name>.py:<argument>, comma-separated, applied in order.
 ARGUMENTS = ("paper_compat", "runlocal")
 # The paper freezes the image tower: every parameter under model.vision.
@@ -61,7 +78,10 @@ def base_config() -> ml_collections.ConfigDict:
   # own `split` (e.g. "all": a cross-benchmark) or of type zeroshot reads data of its own: it is
   # test data, scored once at the end, and skipped with one line while its data is not set.
   c.evals = ml_collections.ConfigDict()
-  c.export_hf = True  # write workdir/hf at the end
+  c.export_hf = True  # write workdir/hf (with its model card) at the end
+  c.hub = ml_collections.ConfigDict()
+  c.hub.license = "other"  # the model card's license field (the base model's terms may apply)
+  c.hub.private = True  # a repo that --push_to_hub creates is private
   c.progress_bar = True
   return c
 
@@ -145,3 +165,149 @@ def apply_argument(c: ml_collections.ConfigDict, arg: str | None) -> ml_collecti
     if name:
       c = apply[name](c)
   return c
+
+
+# ----------------------------------------------------------------------------------------------
+# Finding and loading configs: by file, by packaged name, from a run's folder.
+# ----------------------------------------------------------------------------------------------
+def packaged_config_names() -> list[str]:
+  """The names `config_file` resolves without a path ("shapes", "ccneg", ...)."""
+  try:
+    names = [entry.name for entry in importlib.resources.files(PACKAGED_CONFIGS).iterdir()]
+  except ModuleNotFoundError:  # a checkout on sys.path, not installed
+    names = os.listdir(_CHECKOUT_CONFIGS) if os.path.isdir(_CHECKOUT_CONFIGS) else []
+  return sorted(name[:-3] for name in names if name.endswith(".py") and not name.startswith("_"))
+
+
+def config_file(path_or_name: str) -> str:
+  """The config file `path_or_name` names: an existing file as given; else a packaged config named
+  `name`, `name.py` or `configs/name.py` (so the README's `configs/shapes.py` also works outside
+  a clone)."""
+  if os.path.isfile(path_or_name):
+    return path_or_name
+  folder, base = os.path.split(os.path.normpath(path_or_name))
+  name = base[:-3] if base.endswith(".py") else base
+  if folder in ("", "configs") and name.isidentifier():
+    try:
+      spec = importlib.util.find_spec(f"{PACKAGED_CONFIGS}.{name}")
+    except ModuleNotFoundError:
+      spec = None
+    if spec is not None and spec.origin and os.path.isfile(spec.origin):
+      return spec.origin
+    checkout = os.path.join(_CHECKOUT_CONFIGS, f"{name}.py")
+    if os.path.isfile(checkout):
+      return checkout
+  raise FileNotFoundError(f"config {path_or_name!r}: no such file, and no packaged config of that "
+                          f"name (packaged: {', '.join(packaged_config_names()) or 'none'})")
+
+
+def load_config(path_or_name: str, overrides: Mapping[str, Any] | Sequence[str] | None = None
+                ) -> ml_collections.ConfigDict:
+  """The config `--config=<path_or_name>` gives, with `overrides` applied: the one function for
+  notebooks and scripts.
+
+  `path_or_name` is a config file or a packaged config's name, optionally with its argument after
+  a colon: "shapes", "shapes:runlocal", "configs/ccneg.py:paper_compat", "/path/to/my.py"; or
+  "workdir:<run folder>", the config a run saved (`run_config`). `overrides` are
+  {"loss.name": "clip", "data.batch_size": 32} (values of the fields' types) or command-line
+  strings ["--config.loss.name=clip", "data.batch_size=32"], parsed as `main` parses them.
+  """
+  path, _, argument = path_or_name.partition(":")
+  module_path = config_file(path)
+  spec = importlib.util.spec_from_file_location(
+      f"_semclip_config_{abs(hash(module_path))}", module_path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config = module.get_config(argument) if argument else module.get_config()
+  return apply_overrides(config, overrides or {})
+
+
+def apply_overrides(config: ml_collections.ConfigDict,
+                    overrides: Mapping[str, Any] | Sequence[str]) -> ml_collections.ConfigDict:
+  """`config` with `overrides` set (in place, and returned); see `load_config`. An unknown field or
+  a value of the wrong type is a ValueError naming it."""
+  if isinstance(overrides, Mapping):
+    for field, value in overrides.items():
+      *parents, name = field.split(".")
+      node = config
+      try:
+        for parent in parents:
+          node = node[parent]
+        if name not in node:
+          raise KeyError(name)
+        node[name] = value
+      except (KeyError, TypeError, AttributeError) as e:
+        raise ValueError(f"config override {field}={value!r}: {_reason(e)}") from None
+    return config
+  argv = ["config"] + ["--config." + o.removeprefix("--").removeprefix("config.") for o in overrides]
+  flag_values = flags.FlagValues()
+  try:  # the override flags are defined (and unknown fields found) while the config flag is
+    config_flags.DEFINE_config_dict("config", config, flag_values=flag_values,
+                                    lock_config=False, sys_argv=argv)
+    flag_values(argv)
+  except (flags.Error, AttributeError, KeyError, TypeError) as e:
+    raise ValueError(f"config override: {_reason(e)}") from None
+  return config
+
+
+def _reason(error: Exception) -> str:
+  if isinstance(error, (KeyError, AttributeError)):
+    return f"the config has no field {str(error).strip(chr(34) + chr(39))!r}"
+  return str(error)
+
+
+def run_config(workdir: str) -> ml_collections.ConfigDict:
+  """The config a run saved in `workdir/config.json`, over `base_config()`'s defaults (fields
+  added since the run was made take their defaults; JSON lists become tuples where the field is
+  one)."""
+  path = os.path.join(workdir, RUN_CONFIG_FILE)
+  try:
+    with open(path, encoding="utf-8") as f:
+      saved = json.load(f)
+  except FileNotFoundError:
+    raise FileNotFoundError(f"{path}: not found; {workdir} is not a training run's folder") from None
+  except json.JSONDecodeError as e:
+    raise ValueError(f"{path}: not valid JSON ({e})") from None
+  if not isinstance(saved, dict):
+    raise ValueError(f"{path}: holds {type(saved).__name__}, not a config object")
+  return _merge(base_config(), saved)
+
+
+def _merge(base: ml_collections.ConfigDict, saved: Mapping[str, Any]) -> ml_collections.ConfigDict:
+  for key, value in saved.items():
+    default = base.get(key) if key in base else None
+    if isinstance(default, ml_collections.ConfigDict) and isinstance(value, dict):
+      _merge(default, value)
+    elif key in base and isinstance(default, tuple) and isinstance(value, list):
+      base[key] = _tuples(value)
+    elif key in base and default is not None:
+      base[key] = value
+    else:  # a field of the run's own (an evaluator) or None by default: taken as saved
+      with base.ignore_type():
+        base[key] = _tuples(value)
+  return base
+
+
+def _tuples(value: Any) -> Any:
+  """JSON's lists as the tuples config files use, inside dicts too."""
+  if isinstance(value, dict):
+    return {k: _tuples(v) for k, v in value.items()}
+  return tuple(_tuples(v) for v in value) if isinstance(value, list) else value
+
+
+def describe_fields(config: ml_collections.ConfigDict | None = None) -> str:
+  """Every field of `config` (default: `base_config()`) with its value, one per line: the
+  `--help` text of the config flag."""
+  config = config or base_config()
+  lines = []
+
+  def walk(node: ml_collections.ConfigDict, prefix: str) -> None:
+    for key in sorted(node.keys()):
+      value = node[key]
+      if isinstance(value, ml_collections.ConfigDict) and value:
+        walk(value, f"{prefix}{key}.")
+      else:
+        lines.append(f"  --config.{prefix}{key}={value!r}")
+
+  walk(config, "")
+  return "\n".join(lines)

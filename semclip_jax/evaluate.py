@@ -11,13 +11,23 @@
       --model=ours=/tmp/run,negclip=negclip.pth@ViT-B-32-quickgelu,clip=openai/clip-vit-base-patch32 \\
       --tasks=ccneg,negbench_mcq --data_kind=csv --data_path=ccneg.csv --image_dir=images \\
       --negbench_mcq=COCO_val_mcq_llama3.1_rephrased.csv --image_root=coco/val2017 --out=/tmp/cmp
-  # the report of earlier runs or evaluations
-  python -m semclip_jax.evaluate --report=/tmp/shapes_clip,/tmp/shapes --out=/tmp/report
+  # a run's export, with the run's data settings and one field changed; a whole CSV (--split=all)
+  python -m semclip_jax.evaluate --model=/tmp/shapes/hf --config=workdir:/tmp/shapes \
+      --tasks=ccneg --config.data.batch_size=128
+  # the report of earlier runs or evaluations (labels optional)
+  python -m semclip_jax.evaluate --report=clip=/tmp/shapes_clip,/tmp/shapes --out=/tmp/report
 
 A model is `[LABEL=]PATH[@ARCH]`: a training workdir (its latest checkpoint), a Hugging Face
 folder or hub id, or an open_clip / OpenAI-layout checkpoint (.safetensors/.pt/.pth/.bin/.ckpt or
 an open_clip folder; ARCH is an open_clip architecture name or model-config JSON, inferred from
 the tensor shapes when absent). LABEL names its column (default: the file or folder name).
+
+The data and evaluators every model is scored with come from `--config` (a config file or name,
+or `workdir:<run>`), else from the first training workdir named (a run is scored with its own
+config.json), else from a run holding an export named (`<run>/hf`), else from the defaults; the
+data flags and `--config.<field>=<value>` overrides (as `main` takes them) apply on top. Models
+that are not training workdirs need `--tasks`. One model's results go to `--out`, by default the
+run itself for a workdir, `<path>_eval` beside a local model and `eval_<org>--<name>` for a hub id.
 """
 
 from __future__ import annotations
@@ -25,14 +35,16 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import re
 import sys
 from typing import Sequence
 
 import ml_collections
 
-from semclip_jax import checkpointing, train
+from semclip_jax import train
 from semclip_jax import config as config_lib
 from semclip_jax.evaluators import EVALUATORS
+from semclip_jax.progress import HelpFormatter
 from semclip_jax.report import write_report
 
 # Flags copied into config.data (flag -> field), and into the evaluators of a task (task -> flag
@@ -66,8 +78,31 @@ class ModelSpec:
 
   @property
   def is_workdir(self) -> bool:
-    return (os.path.isfile(os.path.join(self.path, "config.json"))
-            and os.path.isdir(os.path.join(self.path, "checkpoints")))
+    return is_run(self.path)
+
+  @property
+  def run(self) -> str | None:
+    """The training run this model is or sits in (`<run>` for `<run>` and `<run>/hf`)."""
+    if self.is_workdir:
+      return self.path
+    parent = os.path.dirname(os.path.normpath(self.path))
+    return parent if os.path.isdir(self.path) and is_run(parent) else None
+
+  def default_out(self) -> str:
+    """Where one model's results go without --out: the run itself, `<path>_eval` beside a local
+    model, `eval_<org>--<name>` in the current folder for a hub id."""
+    if self.is_workdir:
+      return self.path
+    if os.path.exists(self.path):
+      stem = os.path.normpath(self.path)
+      return (os.path.splitext(stem)[0] if os.path.isfile(stem) else stem) + "_eval"
+    return "eval_" + re.sub(r"[^\w.-]+", "--", self.path.strip("/"))
+
+
+def is_run(path: str) -> bool:
+  """Whether `path` is a training workdir: its config.json and checkpoints."""
+  return (os.path.isfile(os.path.join(path, config_lib.RUN_CONFIG_FILE))
+          and os.path.isdir(os.path.join(path, "checkpoints")))
 
 
 def parse_models(text: str) -> list[ModelSpec]:
@@ -95,80 +130,103 @@ def task_evals(args: argparse.Namespace) -> ml_collections.ConfigDict:
   return evals
 
 
-def shared_config(args: argparse.Namespace, specs: Sequence[ModelSpec]
-                  ) -> tuple[ml_collections.ConfigDict, ml_collections.ConfigDict]:
-  """(data, evals) every model is scored with: the first workdir's (else the defaults'), with the
-  flags applied. The same data and evaluators for all: the comparison is like for like."""
-  workdir = next((s for s in specs if s.is_workdir), None)
-  base = (ml_collections.ConfigDict(checkpointing.read_config_json(workdir.path)) if workdir
-          else config_lib.base_config())
-  data = ml_collections.ConfigDict(base.data.to_dict())
+@dataclasses.dataclass(frozen=True)
+class Setting:
+  """What every model is scored with: the same data and evaluators for all (like for like), and
+  the command line's `--config.<field>=<value>` overrides, applied to each model's config."""
+  data: ml_collections.ConfigDict
+  evals: ml_collections.ConfigDict
+  overrides: tuple[str, ...] = ()
+
+
+def shared_setting(args: argparse.Namespace, specs: Sequence[ModelSpec],
+                   overrides: Sequence[str] = ()) -> Setting:
+  """The data and evaluators of `--config`, else of the first run among the models (a workdir,
+  else a run an export sits in), else the defaults'; with the data flags and overrides applied.
+  Evaluators come from --tasks, else from a workdir's (or --config's) own config."""
+  workdir = next((s.path for s in specs if s.is_workdir), None)
+  run = workdir or next((s.run for s in specs if s.run), None)
+  if args.config:
+    base = config_lib.load_config(args.config)
+  elif run:
+    base = config_lib.run_config(run)
+  else:
+    base = config_lib.base_config()
   for flag, field in DATA_FLAGS.items():
     if getattr(args, flag) is not None:
-      data[field] = getattr(args, flag)
-  if data.layout == "ccneg" and data.kind == "csv":
-    data.ccneg_official = True  # CC-Neg is scored on its official 40,000-item split
+      base.data[field] = getattr(args, flag)
+  if args.data_path is not None and base.data.kind == "array_record":
+    # One folder of shards is the data whichever split is scored.
+    base.data.update(eval_path=args.data_path, test_path=args.data_path)
+  if base.data.layout == "ccneg" and base.data.kind == "csv":
+    base.data.ccneg_official = True  # CC-Neg is scored on its official 40,000-item split
+  config_lib.apply_overrides(base, list(overrides))
   if args.tasks:
     evals = task_evals(args)
-  elif workdir is not None:
+  elif workdir is not None or (args.config and base.evals):
     evals = base.evals
   else:
-    raise ValueError("give --tasks: the models named have no config of their own to take "
-                     "evaluators from")
-  return data, evals
+    raise ValueError("give --tasks (comma-separated, from "
+                     f"{sorted(EVALUATORS)}): only a training workdir or --config brings "
+                     "evaluators of its own")
+  if not evals:
+    raise ValueError("no evaluator to run: the config names none; give --tasks")
+  return Setting(base.data, evals, tuple(overrides))
 
 
-def model_config(spec: ModelSpec, data: ml_collections.ConfigDict,
-                 evals: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+def model_config(spec: ModelSpec, setting: Setting) -> ml_collections.ConfigDict:
   """The config that scores `spec`: its own run's (model, checkpointing) or the defaults with
-  init_from, with the shared data and evaluators."""
+  init_from, with the shared data and evaluators and the overrides."""
   if spec.is_workdir:
     if spec.arch:
       raise ValueError(f"--model {spec.path}: a training workdir takes no @architecture")
-    config = ml_collections.ConfigDict(checkpointing.read_config_json(spec.path))
+    config = config_lib.run_config(spec.path)
   else:
     config = config_lib.base_config()
     config.model.init_from = spec.path
     config.model.init_arch = spec.arch
-  config.data = ml_collections.ConfigDict(data.to_dict())
-  config.evals = ml_collections.ConfigDict(evals.to_dict())
-  return config
+  config.data = ml_collections.ConfigDict(setting.data.to_dict())
+  config.evals = ml_collections.ConfigDict(setting.evals.to_dict())
+  return config_lib.apply_overrides(config, list(setting.overrides))
 
 
-def score(spec: ModelSpec, data: ml_collections.ConfigDict, evals: ml_collections.ConfigDict,
-          results_dir: str) -> None:
+def score(spec: ModelSpec, setting: Setting, results_dir: str) -> None:
   """The test round of `spec` into `results_dir` (a workdir's checkpoints are read, never
   written: only its results land there, and only when `results_dir` is the workdir)."""
-  train.evaluate(model_config(spec, data, evals), spec.path if spec.is_workdir else results_dir,
+  train.evaluate(model_config(spec, setting), spec.path if spec.is_workdir else results_dir,
                  results_dir=results_dir)
 
 
-def compare(specs: Sequence[ModelSpec], data: ml_collections.ConfigDict,
-            evals: ml_collections.ConfigDict, out: str) -> dict[str, str]:
+def compare(specs: Sequence[ModelSpec], setting: Setting, out: str) -> dict[str, str]:
   """Scores every model into <out>/<label> and writes the report of them all into <out>."""
-  folders = []
+  folders = {}
   for spec in specs:
     folder = os.path.join(out, spec.label)
     print(f"== {spec.label}: {spec.path}{'@' + spec.arch if spec.arch else ''}", flush=True)
-    score(spec, data, evals, folder)
-    folders.append(folder)
+    score(spec, setting, folder)
+    folders[spec.label] = folder
   return write_report(folders, out)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
   parser = argparse.ArgumentParser(prog="python -m semclip_jax.evaluate", description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+                                   formatter_class=HelpFormatter)
   parser.add_argument("--model", help="comma-separated [LABEL=]PATH[@ARCH]: training workdirs, "
                       "Hugging Face folders or hub ids, open_clip / OpenAI-layout checkpoints")
   parser.add_argument("--tasks", help=f"comma-separated evaluators from {sorted(EVALUATORS)}")
-  parser.add_argument("--report", help="comma-separated run folders to compare")
-  parser.add_argument("--out", help="where results (or the report) go")
+  parser.add_argument("--report", help="comma-separated [LABEL=]FOLDER of runs or evaluations to "
+                      "compare")
+  parser.add_argument("--out", help="where results (or the report) go (default: see above; "
+                      "comparison/ for several models, report/ for --report)")
+  parser.add_argument("--config", help="config file or name (shapes, ccneg, workdir:<run>) whose "
+                      "data and evaluators are used; --config.<field>=<value> overrides a field")
   parser.add_argument("--data_kind", choices=["shapes", "csv", "array_record"])
   parser.add_argument("--data_path")
   parser.add_argument("--image_dir")
   parser.add_argument("--layout")
-  parser.add_argument("--split", help="the split scored as the test round (default test); results "
-                      "are keyed test/<task>/<metric>")
+  parser.add_argument("--split", help="the split scored as the test round: test, val, or all (every "
+                      "row of the file); results are keyed test/<task>/<metric> (default: the "
+                      "config's data.test_split, test)")
   parser.add_argument("--batch_size", type=int)
   parser.add_argument("--negbench_mcq", help="NegBench MCQ CSV (task negbench_mcq)")
   parser.add_argument("--negbench_retrieval", help="NegBench retrieval CSV (task negbench_retrieval)")
@@ -177,7 +235,10 @@ def main(argv: Sequence[str] | None = None) -> int:
   parser.add_argument("--image_root", help="folder NegBench's image paths are resolved against "
                       "(their absolute prefix is replaced; default: the CSV's folder)")
   parser.add_argument("--zeroshot_data_dir", help="TFDS folder of the zero-shot datasets")
-  args = parser.parse_args(argv)
+  args, rest = parser.parse_known_args(argv)
+  overrides = [arg for arg in rest if arg.startswith("--config.")]
+  if len(overrides) != len(rest):
+    parser.error(f"unrecognized arguments: {' '.join(a for a in rest if a not in overrides)}")
   if bool(args.model) == bool(args.report):
     parser.error("give exactly one of --model and --report")
   try:
@@ -185,13 +246,14 @@ def main(argv: Sequence[str] | None = None) -> int:
       written = write_report(args.report.split(","), args.out or "report")
     else:
       specs = parse_models(args.model)
-      data, evals = shared_config(args, specs)
+      setting = shared_setting(args, specs, overrides)
       if len(specs) > 1:
-        written = compare(specs, data, evals, args.out or "comparison")
+        written = compare(specs, setting, args.out or "comparison")
       else:  # one model: its results alone (a run scores into its own folder, as --mode=eval)
         spec = specs[0]
-        score(spec, data, evals,
-              args.out or (spec.path if spec.is_workdir else f"eval_{spec.label}"))
+        out = args.out or spec.default_out()
+        score(spec, setting, out)
+        print(f"results: {os.path.join(out, train.RESULTS_FILE)}")
         return 0
   except (ValueError, KeyError, OSError) as e:  # bad input: one line, not a traceback
     print(f"python -m semclip_jax.evaluate: error: {e}", file=sys.stderr)

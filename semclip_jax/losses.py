@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import Any, NamedTuple, Sequence
+from typing import Any, Mapping, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -257,3 +257,12 @@ def variant_weights(name: str) -> dict[str, Any]:
   if name not in SEMCLIP_VARIANTS:
     raise ValueError(f"unknown SemCLIP variant {name!r}; choose one of {sorted(SEMCLIP_VARIANTS)}")
   return dict(zip(("alpha", "beta", "gamma"), SEMCLIP_VARIANTS[name]))
+
+
+def configured_weights(loss_config: Mapping[str, Any]) -> dict[str, float]:
+  """alpha/beta/gamma a SemCLIP-family loss config trains with: its variant's (for
+  semclip_image_margin, semclip's) with the config's set fields over them."""
+  name = loss_config["name"]
+  weights = variant_weights("semclip" if name == "semclip_image_margin" else name)
+  weights.update({k: loss_config[k] for k in weights if loss_config.get(k) is not None})
+  return weights

@@ -1,26 +1,42 @@
-"""Entry point: `python -m semclip_jax.main --config=configs/shapes.py --workdir=/tmp/run`.
+"""Entry point: `python -m semclip_jax.main --config=shapes --workdir=/tmp/run`.
 
 Modes: `train` (default; resumes from `--workdir` when it holds checkpoints), `eval` (runs the
 config's evaluators on the latest checkpoint, or on `--config.model.init_from`), `export` (writes
-the latest checkpoint as a Hugging Face CLIP folder to `workdir/hf` and an open_clip folder to
-`workdir/open_clip`). Override any config field on the command line:
-`--config.loss.name=clip --config.data.batch_size=512`.
+the latest checkpoint as a Hugging Face CLIP folder with its model card to `workdir/hf` and an
+open_clip folder to `workdir/open_clip`). `--config` is a config file or the name of one shipped
+with the package (`shapes`, `ccneg`, `sugarcrepe_pp`, `cc3m`), with an optional argument
+(`shapes:runlocal`); without it, a workdir that holds a run uses that run's own config.json
+(`--config=workdir:<workdir>`). Override any config field on the command line:
+`--config.loss.name=clip --config.data.batch_size=512` (`--help` lists every field).
+`--push_to_hub=<user>/<repo>` uploads workdir/hf to the Hugging Face Hub after training or export.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import re
+import sys
+from typing import Sequence
 
 import jax
 from absl import app, flags
 from absl import logging as absl_logging
 from ml_collections import config_flags
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a config file (configs/*.py).",
-                                          lock_config=True)
+from semclip_jax import config as config_lib
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "A config file or packaged config name, with an optional ':argument' "
+    "(shapes, shapes:runlocal, configs/ccneg.py:paper_compat, workdir:<run folder>). Without "
+    "it, the workdir's own config.json. Fields, overridable as --config.<field>=<value>, with "
+    "their defaults (config files change some):\n" + config_lib.describe_fields(),
+    lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Folder for checkpoints, metrics and exports.")
 _MODE = flags.DEFINE_enum("mode", "train", ["train", "eval", "export"], "What to do.")
+_PUSH_TO_HUB = flags.DEFINE_string(
+    "push_to_hub", None, "A Hugging Face Hub repo id (<user>/<name>): upload workdir/hf there "
+    "after training or export (token: HF_TOKEN or `hf auth login`).")
 _DISTRIBUTED = flags.DEFINE_enum(
     "distributed", "auto", ["auto", "yes", "no"],
     "Call jax.distributed.initialize(): auto = when SLURM, a TPU pod or JAX_COORDINATOR_ADDRESS "
@@ -33,17 +49,48 @@ def _is_multiprocess_environment() -> bool:
           or len(env.get("TPU_WORKER_HOSTNAMES", "").split(",")) > 1)
 
 
+def _flag_value(argv: Sequence[str], name: str) -> tuple[int, str | None]:
+  """(index, value) of `--name=value` or `--name value` in argv; (-1, None) when absent."""
+  for i, arg in enumerate(argv):
+    match = re.fullmatch(rf"--?{name}(=(.*))?", arg)
+    if match:
+      value = match.group(2) if match.group(1) else (argv[i + 1] if i + 1 < len(argv) else None)
+      return i, value
+  return -1, None
+
+
+def resolve_config_flag(argv: Sequence[str]) -> list[str]:
+  """argv with `--config` naming a file: a packaged name becomes its file, and a missing
+  `--config` becomes the workdir's own (`configs/workdir.py:<workdir>`) when it holds a run."""
+  argv = list(argv)
+  index, value = _flag_value(argv, "config")
+  if index >= 0 and value:
+    path, colon, argument = value.partition(":")
+    resolved = config_lib.config_file(path) + colon + argument
+    argv[index:index + (1 if "=" in argv[index] else 2)] = [f"--config={resolved}"]
+    return argv
+  if index < 0:
+    _, workdir = _flag_value(argv, "workdir")
+    if workdir and os.path.isfile(os.path.join(workdir, config_lib.RUN_CONFIG_FILE)):
+      # Before every --config.<field> override: config_flags requires that order.
+      argv.insert(1, f"--config={config_lib.config_file('workdir')}:{workdir}")
+  return argv
+
+
 def main(argv) -> None:
   del argv
   # Our progress at INFO; orbax's and grain's per-save chatter (absl logging) only when it matters.
   absl_logging.set_verbosity(absl_logging.WARNING)
   logging.getLogger("semclip_jax").setLevel(logging.INFO)
+  if _CONFIG.value is None:
+    raise app.UsageError("give --config (a config file or name, e.g. --config=shapes), or a "
+                         "--workdir that holds a run's config.json")
   if _DISTRIBUTED.value == "yes" or (_DISTRIBUTED.value == "auto" and _is_multiprocess_environment()):
     jax.distributed.initialize()
   logging.info("process %d of %d; %d local of %d devices: %s", jax.process_index(),
                jax.process_count(), jax.local_device_count(), jax.device_count(),
                jax.local_devices())
-  from semclip_jax import train  # pylint: disable=import-outside-toplevel
+  from semclip_jax import model_card, train  # pylint: disable=import-outside-toplevel
 
   if _MODE.value == "train":
     train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
@@ -51,8 +98,23 @@ def main(argv) -> None:
     train.evaluate(_CONFIG.value, _WORKDIR.value)
   else:
     train.export(_CONFIG.value, _WORKDIR.value)
+  if _PUSH_TO_HUB.value and _MODE.value != "eval" and jax.process_index() == 0:
+    try:
+      url = train.push_to_hub(_CONFIG.value, _WORKDIR.value, _PUSH_TO_HUB.value)
+    except (ValueError, model_card.PushToHubError) as e:  # one line, not a traceback
+      sys.exit(f"python -m semclip_jax.main: error: --push_to_hub: {e}")
+    logging.info("pushed %s to %s", os.path.join(_WORKDIR.value, "hf"), url)
+
+
+def run() -> None:
+  flags.mark_flags_as_required(["workdir"])
+  try:
+    argv = resolve_config_flag(sys.argv)
+  except FileNotFoundError as e:
+    sys.exit(f"python -m semclip_jax.main: error: {e}")
+  sys.argv = argv  # config_flags reads the overrides from sys.argv
+  app.run(main, argv=argv)
 
 
 if __name__ == "__main__":
-  flags.mark_flags_as_required(["config", "workdir"])
-  app.run(main)
+  run()

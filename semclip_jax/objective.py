@@ -61,10 +61,7 @@ class Objective(nnx.Module):
     self.name = config.name
     self.chunk_size = config.chunk_size
     if self.name in SEMCLIP_FAMILY:
-      variant = "semclip" if self.name == "semclip_image_margin" else self.name
-      weights = losses.variant_weights(variant)
-      weights.update({k: config[k] for k in weights if config[k] is not None})
-      self.weights = tuple(weights.items())
+      self.weights = tuple(losses.configured_weights(config).items())
       self.margin = (config.image_margin,
                      config.image_margin_weight if self.name == "semclip_image_margin" else 0.0)
       self.normalize_projections = config.normalize_projections

@@ -7,6 +7,7 @@ checkpoint, input iterator included; SIGTERM/SIGINT save a checkpoint and stop c
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -21,20 +22,34 @@ import numpy as np
 import optax
 from flax import nnx
 
-from semclip_jax import (checkpointing, hf, image_embedding_cache, objective, openclip, optim,
-                         sharding, train_step)
+from semclip_jax import (atomic_io, checkpointing, hf, image_embedding_cache, model_card,
+                         objective, openclip, optim, sharding, train_step)
+from semclip_jax import config as config_lib
 from semclip_jax import data as data_lib
 from semclip_jax.data import input_pipeline
 from semclip_jax.evaluators import (EVALUATORS, Encoder, EvalRound, make_evaluator, missing_data,
                                     reads_own_data)
 from semclip_jax.metrics_writer import MetricsWriter, results_table
-from semclip_jax.models import create_clip, get_preset
+from semclip_jax.models import CLIP, create_clip, get_preset
 from semclip_jax.models.layers import REMAT_POLICIES, set_remat
 from semclip_jax.pretrained import load_pretrained
+from semclip_jax.progress import Progress
 
 logger = logging.getLogger(__name__)
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 VAL, TEST = "val", "test"  # result key prefixes: validation rounds (selection) and the test round
+RESULTS_FILE = "results.json"
+
+
+@dataclasses.dataclass
+class Trained:
+  """What `train_and_evaluate` returns: the model as trained, the final evaluation
+  ({"val/<eval>/<metric>": v, "test/<eval>/<metric>": v}; empty when a signal stopped the run
+  early) and the step both are of."""
+  model: CLIP
+  metrics: dict[str, float]
+  step: int
+  workdir: str
 
 
 # ----------------------------------------------------------------------------------------------
@@ -143,8 +158,10 @@ def make_mesh(config: ml_collections.ConfigDict):
   return sharding.make_mesh(config.mesh.data, config.mesh.fsdp, devices=devices)
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
-  """Trains per `config` in `workdir` (resuming if it holds checkpoints); returns final evals."""
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Trained:
+  """Trains per `config` in `workdir` (resuming if it holds checkpoints); returns the trained
+  model with its final evaluation. Rerunning a finished run evaluates nothing again: it returns
+  the model and the results it saved."""
   # ---- mesh ----------------------------------------------------------------------------------
   mesh = make_mesh(config)
   validate_config(config, mesh.size)
@@ -166,10 +183,24 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   checkpointer = make_checkpointer(config, workdir)
   start = checkpointer.latest_step()
   if start is not None:
-    state, data_state = checkpointer.restore(start, checkpointing.abstract_like(state))
+    state, data_state = restore(checkpointer, start, state, config, workdir)
     pipeline.set_state(data_state)
     logger.info("resumed from step %d in %s", start, checkpointer.directory)
   start = int(state.step)
+  finished = start >= config.total_steps
+  saved_results = read_results(workdir) if finished else {}
+  if saved_results.get("step") == start:
+    checkpointer.close()
+    pipeline.close()
+    logger.info("%s already finished at step %d; its results are in %s", workdir, start,
+                os.path.join(workdir, RESULTS_FILE))
+    model = nnx_merge(graphdef, state).model
+    metrics = {k: v for k, v in saved_results.items() if k != "step"}
+    if is_main:
+      print(results_table(metrics, title=f"{config.loss.name} after {start} steps (saved)"))
+      if config.export_hf and not _exported(workdir):
+        export_hf(model, config, workdir, saved_results)
+    return Trained(model, metrics, start, workdir)
 
   # ---- step ------------------------------------------------------------------------------------
   step_fn = train_step.make_train_step(graphdef, tx, mesh=mesh, state_shardings=state_shardings,
@@ -193,11 +224,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     return results
 
   # ---- loop ------------------------------------------------------------------------------------
-  writer = MetricsWriter(workdir, enabled=is_main)
+  writer = MetricsWriter(workdir, enabled=is_main, resume_step=start if start else None,
+                         redo_evaluations=finished)
   stop = {"signal": None}
   previous = {s: signal.signal(s, lambda signum, _: stop.update(signal=signum))
               for s in (signal.SIGTERM, signal.SIGINT)}
-  progress = _progress_bar(config, start, is_main)
+  # A bar on a terminal; in a log file (SLURM, TPU workers) one line per log step.
+  progress = Progress(config.total_steps, "train", unit="steps", initial=start,
+                      bar=None if config.progress_bar else False, enabled=is_main)
   schedule = optim.learning_rate_schedule(config.optim, config.total_steps)
   step, eval_results = start, {}
   last_log = (start, time.perf_counter())
@@ -209,6 +243,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       with jax.transfer_guard_device_to_host("disallow"):
         state, metrics = step_fn(state, input_pipeline.device_arrays(batch))
       step += 1
+      progress.update(1)
       if step % config.log_every_steps == 0 or step == config.total_steps:
         metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
         now = time.perf_counter()
@@ -219,10 +254,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                        learning_rate=float(schedule(step)), input_skipped=float(pipeline.skipped))
         writer.write(step, metrics)
         train_step.check_skips(metrics, config.max_consecutive_skips)
-        if progress is not None:
-          progress.set_postfix(loss=f"{metrics['loss']:.4f}", samples_s=f"{metrics['samples_per_s']:.0f}")
-      if progress is not None:
-        progress.update(1)
+        progress.log(loss=metrics["loss"], samples_per_s=metrics["samples_per_s"], now=True)
       due = [n for n in val_evaluators if config.evals[n].get("every_steps")
              and step % config.evals[n].every_steps == 0 and step < config.total_steps]
       eval_results = run_evals(step, due) if due else {}
@@ -232,27 +264,24 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       logger.warning("signal %s: saving a checkpoint at step %d and stopping", stop["signal"], step)
       checkpointer.save(step, state, pipeline.get_state())
       checkpointer.wait()
-      return {}
+      return Trained(current_model(), {}, step, workdir)
 
     # ---- end ---------------------------------------------------------------------------------
     eval_results = run_evals(step, list(val_evaluators), test=True)
     if checkpointer.latest_step() != step:
       checkpointer.save(step, state, pipeline.get_state(), _best_metrics(config, eval_results))
     checkpointer.wait()
-    if progress is not None:
-      progress.close()
-      progress = None
+    progress.close()
     if is_main:
       if eval_results:
         write_results(workdir, step, eval_results, f"{config.loss.name} after {step} steps")
       if config.export_hf:
-        hf.save_hf_clip(current_model(), os.path.join(workdir, "hf"))
-    return eval_results
+        export_hf(current_model(), config, workdir, {"step": step, **eval_results})
+    return Trained(current_model(), eval_results, step, workdir)
   finally:
     for s, handler in previous.items():
       signal.signal(s, handler)
-    if progress is not None:
-      progress.close()
+    progress.close()
     pipeline.close()
     writer.close()
     checkpointer.close()
@@ -272,12 +301,12 @@ def build_evaluators(config: ml_collections.ConfigDict, data: ml_collections.Con
       if field:
         logger.warning("evals.%s (%s) skipped: %s is not set", name, eval_config.type, field)
       else:
-        test[name] = make_evaluator(eval_config, data)
+        test[name] = make_evaluator(eval_config, data, name=name)
       continue
     if validation and config.data.eval_split:
-      val[name] = make_evaluator(eval_config, data, config.data.eval_split)
+      val[name] = make_evaluator(eval_config, data, config.data.eval_split, name=name)
     if config.data.test_split:
-      test[name] = make_evaluator(eval_config, data, config.data.test_split)
+      test[name] = make_evaluator(eval_config, data, config.data.test_split, name=name)
   return val, test
 
 
@@ -299,11 +328,44 @@ def evaluate_model(evaluators: dict[str, Any], round_: EvalRound, workdir: str, 
 
 
 def write_results(workdir: str, step: int, results: dict[str, float], title: str) -> None:
-  """workdir/results.json (what the report reads) and the table on stdout."""
+  """workdir/results.json (what the report reads; written atomically) and the table on stdout."""
   os.makedirs(workdir, exist_ok=True)
-  with open(os.path.join(workdir, "results.json"), "w", encoding="utf-8") as f:
-    json.dump({"step": step, **results}, f, indent=2, sort_keys=True)
+  atomic_io.write_json(os.path.join(workdir, RESULTS_FILE), {"step": step, **results}, indent=2,
+                       sort_keys=True)
   print(results_table(results, title=title))
+
+
+def read_results(workdir: str) -> dict[str, float]:
+  """workdir/results.json, or {} when there is none (yet)."""
+  try:
+    with open(os.path.join(workdir, RESULTS_FILE), encoding="utf-8") as f:
+      return json.load(f)
+  except (FileNotFoundError, json.JSONDecodeError):
+    return {}
+
+
+def push_to_hub(config: ml_collections.ConfigDict, workdir: str, repo_id: str) -> str:
+  """Uploads workdir/hf to the Hub repo `repo_id` (created private unless config.hub.private is
+  off), its card's usage snippets naming the repo; returns the commit URL."""
+  folder = os.path.join(workdir, "hf")
+  results = read_results(workdir)
+  model_card.write_model_card(folder, config.to_dict(), results or None,
+                              license=config.hub.license, repo_id=repo_id)
+  return model_card.push_to_hub(folder, repo_id, private=config.hub.private)
+
+
+def _exported(workdir: str) -> bool:
+  folder = os.path.join(workdir, "hf")
+  return any(os.path.isfile(os.path.join(folder, name))
+             for name in (hf.WEIGHTS_FILE, hf.WEIGHTS_INDEX_FILE))
+
+
+def export_hf(model: CLIP, config: ml_collections.ConfigDict, workdir: str,
+              results: dict[str, float]) -> str:
+  """workdir/hf: the Hugging Face CLIP folder with its model card (README.md)."""
+  folder = hf.save_hf_clip(model, os.path.join(workdir, "hf"))
+  model_card.write_model_card(folder, config.to_dict(), results, license=config.hub.license)
+  return folder
 
 
 def _stop_agreed(stop: dict[str, Any], step: int, every: int = 10) -> bool:
@@ -328,15 +390,6 @@ def _best_metrics(config: ml_collections.ConfigDict, eval_results: dict[str, flo
   return {metric: eval_results[metric]} if metric and metric in eval_results else None
 
 
-def _progress_bar(config: ml_collections.ConfigDict, start: int, is_main: bool):
-  if not (config.progress_bar and is_main):
-    return None
-  import tqdm  # pylint: disable=import-outside-toplevel
-
-  return tqdm.tqdm(total=config.total_steps, initial=start, unit="step", dynamic_ncols=True,
-                   smoothing=0.1)
-
-
 # ----------------------------------------------------------------------------------------------
 # --mode=eval and --mode=export.
 # ----------------------------------------------------------------------------------------------
@@ -350,10 +403,55 @@ def restore_model(config: ml_collections.ConfigDict, workdir: str, mesh):
         raise FileNotFoundError(f"{workdir} holds no checkpoint and config.model.init_from is empty")
       return build_model(config), 0
     graphdef, state, _, _ = build_train_state(config, mesh)
-    state, _ = checkpointer.restore(step, checkpointing.abstract_like(state))
+    state, _ = restore(checkpointer, step, state, config, workdir)
     return nnx_merge(graphdef, state).model, step
   finally:
     checkpointer.close()
+
+
+# The config sections that decide the train state's tree; a checkpoint restores only into the
+# tree it was saved from.
+STATE_SECTIONS = ("model", "loss", "optim")
+
+
+def restore(checkpointer: checkpointing.Checkpointer, step: int, state: train_step.TrainState,
+            config: ml_collections.ConfigDict, workdir: str
+            ) -> tuple[train_step.TrainState, dict[str, Any]]:
+  """(train state, input iterator state) of checkpoint `step`, restored into `state`'s shapes and
+  shardings; a checkpoint of another train state is one ValueError naming the config fields
+  that differ (orbax's own error is a dump of both trees)."""
+  try:
+    return checkpointer.restore(step, checkpointing.abstract_like(state))
+  except (ValueError, KeyError, TypeError) as e:  # orbax: the trees differ
+    raise ValueError(_restore_mismatch(config, workdir, step, e)) from None
+
+
+def _restore_mismatch(config: ml_collections.ConfigDict, workdir: str, step: int,
+                      error: Exception) -> str:
+  """One message for a checkpoint that does not fit `config`'s train state: the fields that
+  differ from the run's own config.json, else the first line of orbax's error."""
+  where = f"{workdir}: the checkpoint of step {step} does not fit this config's train state"
+  try:
+    saved = config_lib.run_config(workdir)
+  except (OSError, ValueError):
+    return f"{where} ({str(error).splitlines()[0][:300]})"
+  ours, theirs = config.to_dict(), saved.to_dict()
+  differences = [f"{section}.{key}: run {theirs[section].get(key)!r}, here {value!r}"
+                 for section in STATE_SECTIONS for key, value in sorted(ours[section].items())
+                 if _plain(value) != _plain(theirs[section].get(key))]
+  if not differences:
+    return f"{where} ({str(error).splitlines()[0][:300]})"
+  return (f"{where}, which differs from the run's config.json in " + "; ".join(differences[:8])
+          + ". Leave out --config to use the run's own config (flags still override it).")
+
+
+def _plain(value: Any) -> Any:
+  """Lists and tuples alike: config.json stores tuples as lists."""
+  if isinstance(value, (list, tuple)):
+    return [_plain(v) for v in value]
+  if isinstance(value, dict):
+    return {k: _plain(v) for k, v in value.items()}
+  return value
 
 
 def evaluate(config: ml_collections.ConfigDict, workdir: str, results_dir: str | None = None
@@ -376,10 +474,14 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, results_dir: str |
 
 
 def export(config: ml_collections.ConfigDict, workdir: str) -> dict[str, str]:
-  """Writes the latest checkpoint's model as a Hugging Face CLIP folder (workdir/hf) and an
+  """Writes the latest checkpoint's model as a Hugging Face CLIP folder with its model card
+  (workdir/hf; the card's results are workdir/results.json's when they are of that step) and an
   open_clip folder (workdir/open_clip); returns {format: folder}."""
-  model, _ = restore_model(config, workdir, make_mesh(config))
-  return {"hf": hf.save_hf_clip(model, os.path.join(workdir, "hf")),
+  model, step = restore_model(config, workdir, make_mesh(config))
+  results = read_results(workdir)
+  if results.get("step") != step:
+    results = {"step": step}
+  return {"hf": export_hf(model, config, workdir, results),
           "open_clip": openclip.save_openclip(model, os.path.join(workdir, "open_clip"),
                                               normalization=config.data.normalization,
                                               resize=config.data.resize)}

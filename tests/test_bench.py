@@ -40,6 +40,7 @@ def _json_lines(out: str) -> list[dict]:
   return [json.loads(l) for l in out.splitlines() if l.startswith("{")]
 
 
+@pytest.mark.slow
 def test_step_cli_on_tiny_prints_table_json_and_profile(capsys, tmp_path):
   assert main(["--what=step", "--preset=tiny", "--batch_size=8", "--towers=text", "--steps=1",
                "--warmup=0", "--captions=", f"--profile_dir={tmp_path}"]) == 0

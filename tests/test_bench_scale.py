@@ -49,6 +49,7 @@ def test_loss_memory_cli_chunked_logits_take_less_per_device_memory(capsys):
   assert "loss_memory" in out and "temp (peak)" in out
 
 
+@pytest.mark.slow
 def test_pod_simulation_compiles_abstract_state_on_dp_and_fsdp_meshes():
   dp, fsdp = scale.pod_simulation("tiny", 64, 16, meshes=((8, 1), (2, 4)),
                                   chunk_sizes=(8,), towers=("both",), dtype="float32")
@@ -68,6 +69,7 @@ def test_pod_simulation_compiles_abstract_state_on_dp_and_fsdp_meshes():
   print(scale.format_table([dp, fsdp]))
 
 
+@pytest.mark.slow
 def test_pod_simulation_remat_keeps_fewer_activations():
   kept, recomputed = scale.pod_simulation(
       "tiny", 256, 16, meshes=((2, 4),), chunk_sizes=(8,), towers=("both",), dtype="float32",

@@ -1,6 +1,7 @@
 """Config files: each loads (full and runlocal), validates, and switches loss with one override."""
 
 import csv
+import json
 import importlib.util
 import pathlib
 
@@ -82,7 +83,7 @@ def test_ccneg_runlocal_trains_on_a_csv(tmp_path, caplog):
   assert config.data.ccneg_official  # the release's split; 60 rows are too few for its 40,000
   config.data.ccneg_official = False
   config.mesh.num_devices = 1
-  results = train.train_and_evaluate(config, str(tmp_path / "work"))
+  results = train.train_and_evaluate(config, str(tmp_path / "work")).metrics
   assert results["test/ccneg/items"] == 6  # the image-level test split: 10% of 60 images
   assert results["val/ccneg/items"] == 6
   assert 0.0 <= results["test/ccneg/accuracy"] <= 1.0
@@ -148,3 +149,64 @@ def test_ccneg_config_scores_zero_shot_and_all_of_sugarcrepe_pp_as_test_data(tmp
   val, test = train.build_evaluators(config, train.eval_data_config(config))
   assert val == {} and sorted(test) == ["sugarcrepe_pp", "zeroshot"]
   assert len(test["sugarcrepe_pp"].source) == 4757 and test["zeroshot"].data_dir == str(tmp_path)
+
+
+def test_load_config_by_name_or_file_with_its_argument_and_overrides(tmp_path, monkeypatch):
+  expected = load("shapes", "runlocal")
+  expected.loss.name = "clip"
+  by_name = config_lib.load_config("shapes:runlocal", {"loss.name": "clip"})
+  by_file = config_lib.load_config(f"{CONFIGS / 'shapes.py'}:runlocal", ["--config.loss.name=clip"])
+  assert by_name.to_dict() == by_file.to_dict() == expected.to_dict()
+  monkeypatch.chdir(tmp_path)  # the README's relative path, outside the checkout
+  assert config_lib.load_config("configs/ccneg.py").to_dict() == load("ccneg").to_dict()
+  typed = config_lib.load_config("shapes", ["data.batch_size=8", "--config.optim.freeze=('^a',)"])
+  assert typed.data.batch_size == 8 and typed.optim.freeze == ("^a",)
+  with pytest.raises(ValueError, match="no field 'nope'"):
+    config_lib.load_config("shapes", {"loss.nope": 1})
+  with pytest.raises(ValueError, match="no field 'nope'"):
+    config_lib.load_config("shapes", ["--config.data.nope=1"])
+  with pytest.raises(ValueError, match="batch_size=x"):
+    config_lib.load_config("shapes", ["--config.data.batch_size=x"])
+  with pytest.raises(FileNotFoundError, match="no packaged config of that name.*shapes"):
+    config_lib.load_config("shapez")
+
+
+def test_run_config_is_the_saved_config_over_todays_defaults(tmp_path):
+  config = load("ccneg", "paper_compat")
+  saved = json.loads(config.to_json_best_effort())
+  del saved["hub"]  # a run saved before the field existed
+  (tmp_path / "config.json").write_text(json.dumps(saved))
+  restored = config_lib.run_config(str(tmp_path))
+  assert restored.to_dict() == config.to_dict()  # tuples are tuples again
+  assert restored.optim.freeze == config_lib.FREEZE_IMAGE_TOWER
+  assert config_lib.load_config(f"workdir:{tmp_path}", {"loss.name": "clip"}).loss.name == "clip"
+  (tmp_path / "config.json").write_text("{not json")
+  with pytest.raises(ValueError, match="config.json: not valid JSON"):
+    config_lib.run_config(str(tmp_path))
+  with pytest.raises(FileNotFoundError, match="not a training run's folder"):
+    config_lib.run_config(str(tmp_path / "missing"))
+
+
+def test_main_resolves_config_names_and_defaults_to_the_workdirs_own(tmp_path):
+  from semclip_jax import main  # pylint: disable=import-outside-toplevel
+
+  shapes = config_lib.config_file("shapes")
+  assert main.resolve_config_flag(["main", "--config=shapes:runlocal", "--workdir=w"]) == [
+      "main", f"--config={shapes}:runlocal", "--workdir=w"]
+  assert main.resolve_config_flag(["main", "--config", "shapes", "--mode=eval"]) == [
+      "main", f"--config={shapes}", "--mode=eval"]
+  (tmp_path / "config.json").write_text("{}")
+  argv = ["main", "--mode=export", f"--workdir={tmp_path}", "--config.data.batch_size=8"]
+  assert main.resolve_config_flag(argv) == [
+      "main", f"--config={config_lib.config_file('workdir')}:{tmp_path}", *argv[1:]]
+  bare = ["main", f"--workdir={tmp_path / 'new'}"]
+  assert main.resolve_config_flag(bare) == bare  # nothing to default to: main asks for --config
+  with pytest.raises(FileNotFoundError, match="'nosuch'"):
+    main.resolve_config_flag(["main", "--config=nosuch"])
+  # --help lists every config field with its default.
+  from absl import flags  # pylint: disable=import-outside-toplevel
+
+  help_text = flags.FLAGS["config"].help
+  flat = config_lib.describe_fields().splitlines()
+  assert len(flat) > 60 and all(line.strip() in help_text for line in flat)
+  assert "--config.loss.name='semclip'" in help_text

@@ -3,6 +3,10 @@ training run and a Hugging Face folder on CC-Neg-style shapes and a NegBench MCQ
 
 import csv
 import json
+import os
+import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -11,6 +15,7 @@ from PIL import Image
 
 from semclip_jax import evaluate, hf, openclip, train
 from semclip_jax.evaluate import ModelSpec, parse_models
+from test_model_card import StandInHub, serve
 from test_openclip import TINY_OPENAI, build_openclip
 from test_train import _shapes_config
 
@@ -46,7 +51,19 @@ def _negbench_mcq(folder, count=6):
   return path
 
 
-def test_one_command_compares_openclip_run_and_hf_models(tmp_path, capsys):
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+  """A 1-step shapes run with settings of its own (batch 8, 64 test scenes) and its export."""
+  run = tmp_path_factory.mktemp("tiny") / "ours"
+  config = _shapes_config(total_steps=1, export_hf=True)
+  config.evals = {}
+  config.mesh.num_devices = 1
+  config.data.update(batch_size=8, shapes_eval_size=64)
+  train.train_and_evaluate(config, str(run))
+  return run
+
+
+def test_one_command_compares_openclip_run_and_hf_models(tmp_path, capsys, tiny_run):
   # An open_clip / OpenAI-layout checkpoint (architecture from its shapes) ...
   openclip_file = tmp_path / "negclip.pth"
   torch.save({"state_dict": {f"module.{k}": v for k, v in build_openclip(TINY_OPENAI).state_dict()
@@ -54,12 +71,7 @@ def test_one_command_compares_openclip_run_and_hf_models(tmp_path, capsys):
   # ... the same weights as a Hugging Face folder (a second loader: its column must be identical)
   hf_folder = hf.save_hf_clip(openclip.load_openclip(str(openclip_file)), str(tmp_path / "hf_clip"))
   # ... and one of our training runs.
-  run = tmp_path / "ours"
-  config = _shapes_config(total_steps=1, export_hf=False)
-  config.evals = {}
-  config.mesh.num_devices = 1
-  config.data.update(batch_size=8, shapes_eval_size=64)
-  train.train_and_evaluate(config, str(run))
+  run = tiny_run
 
   images = tmp_path / "coco"
   images.mkdir()
@@ -94,3 +106,72 @@ def test_bad_models_get_one_error_line(tmp_path, capsys):
   assert len(err) == 1 and "weights.pt: torch.load(weights_only=True)" in err[0]
   assert evaluate.main([f"--model={tmp_path / 'x.pt'}", "--tasks=nosuch", "--data_kind=shapes"]) == 2
   assert "unknown task 'nosuch'" in capsys.readouterr().err
+
+
+def _triples_csv(folder, rows=12):
+  rng = np.random.default_rng(1)
+  (folder / "images").mkdir()
+  with open(folder / "triples.csv", "w", newline="", encoding="utf-8") as f:
+    writer = csv.writer(f)
+    writer.writerow(["filename", "caption", "paraphrased", "negation"])
+    for i in range(rows):
+      Image.fromarray(rng.integers(0, 255, (30, 40, 3), np.uint8)).save(folder / "images" / f"{i}.png")
+      writer.writerow([f"{i}.png", f"a thing {i}", f"thing number {i}", f"no thing {i}"])
+  return folder / "triples.csv"
+
+
+def test_an_export_is_scored_with_its_runs_data_and_the_command_lines_overrides(
+    tiny_run, tmp_path, capsys):
+  run, hf_folder = tiny_run, tiny_run / "hf"
+  own_out = tmp_path / "own"
+  assert evaluate.main([f"--model={run}", "--tasks=ccneg", f"--out={own_out}"]) == 0
+  own = json.loads((own_out / "results.json").read_text())
+  assert sorted(p.name for p in own_out.iterdir()) == ["results.json", "similarities_ccneg.npz"]
+  # The export sits in its run: scored on the run's data settings (64 scenes rendered as the run
+  # rendered them), the same numbers; without --out, beside the export.
+  assert evaluate.main([f"--model={hf_folder}", "--tasks=ccneg"]) == 0
+  exported = json.loads((run / "hf_eval" / "results.json").read_text())
+  assert exported["test/ccneg/items"] == own["test/ccneg/items"] == 64
+  assert exported["test/ccneg/accuracy"] == pytest.approx(own["test/ccneg/accuracy"], abs=1e-6)
+  assert f"results: {run / 'hf_eval' / 'results.json'}" in capsys.readouterr().out
+  # Any config field from the command line, as main takes them.
+  assert evaluate.main([f"--model={hf_folder}", "--tasks=ccneg", f"--out={tmp_path / 'small'}",
+                        "--config.data.shapes_eval_size=16"]) == 0
+  assert json.loads((tmp_path / "small" / "results.json").read_text())["test/ccneg/items"] == 16
+  # A whole CSV (--split=all) or its test split.
+  csv_flags = [f"--model={hf_folder}", "--tasks=ccneg", "--data_kind=csv", "--layout=sugarcrepe_pp",
+               f"--data_path={_triples_csv(tmp_path)}", f"--image_dir={tmp_path / 'images'}"]
+  assert evaluate.main([*csv_flags, "--split=all", f"--out={tmp_path / 'all'}"]) == 0
+  assert evaluate.main([*csv_flags, f"--out={tmp_path / 'test'}"]) == 0
+  assert json.loads((tmp_path / "all" / "results.json").read_text())["test/ccneg/items"] == 12
+  assert json.loads((tmp_path / "test" / "results.json").read_text())["test/ccneg/items"] < 12
+  capsys.readouterr()
+  # A model without a config of its own needs --tasks; an unknown field is one line too.
+  assert evaluate.main([f"--model={hf_folder}"]) == 2
+  assert "give --tasks" in capsys.readouterr().err
+  assert evaluate.main([f"--model={hf_folder}", "--tasks=ccneg", "--config.data.nope=1"]) == 2
+  err = capsys.readouterr().err.strip().splitlines()
+  assert len(err) == 1 and "no field 'nope'" in err[0]
+
+
+def test_export_and_push_from_the_command_line_need_no_training_flag(tiny_run, tmp_path):
+  """`--mode=export` on a run with settings of its own reads its config.json (no flag repeated),
+  writes the card, and `--push_to_hub` uploads the folder (to a stand-in of the Hub)."""
+  run = tmp_path / "run"
+  shutil.copytree(tiny_run, run, ignore=shutil.ignore_patterns("hf", "hf_eval"))
+  with serve(StandInHub()) as hub:
+    done = subprocess.run(
+        [sys.executable, "-m", "semclip_jax.main", "--mode=export", f"--workdir={run}",
+         "--push_to_hub=me/tiny-semclip"], capture_output=True, text=True, check=False,
+        env={**os.environ, "HF_HUB_OFFLINE": "0", "HF_ENDPOINT": hub.url, "HF_TOKEN": "hf_test",
+             # Only the export's programs compile here: skip XLA's slow LLVM passes.
+             "XLA_FLAGS": os.environ.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0"})
+  assert done.returncode == 0, done.stderr[-2000:]
+  card = (run / "hf" / "README.md").read_text()
+  assert "pipeline_tag: zero-shot-image-classification" in card and "me/tiny-semclip" in card
+  assert (run / "open_clip" / "open_clip_config.json").is_file()
+  assert hub.repos["me/tiny-semclip"]["visibility"] == "private"
+  # huggingface_hub fetches its agent-harness registry (for its user agent) once a day.
+  assert set(hub.unexpected) <= {"GET /api/agent-harnesses"}
+  assert hub.files["me/tiny-semclip"] == {
+      p.name: p.read_bytes() for p in (run / "hf").iterdir()}

@@ -1,7 +1,9 @@
 """Evaluation: metrics against brute force, padding of the last batch, HF parity, the report, the CLI."""
 
 import json
+import logging
 
+import ml_collections
 import numpy as np
 import pytest
 import torch
@@ -9,13 +11,13 @@ import transformers
 from PIL import Image
 
 from semclip_jax import data as data_lib
-from semclip_jax import evaluate, hf, report
+from semclip_jax import evaluate, hf, report, report_runs
 from semclip_jax.bench import __main__ as bench_main
 from semclip_jax.bench import evaluation
 from semclip_jax.data import input_pipeline, transforms
 from semclip_jax.data.shapes import ShapesSource
-from semclip_jax.evaluators import CCNegEvaluator, metrics
-from semclip_jax.evaluators.embed import EvalRound
+from semclip_jax.evaluators import CCNegEvaluator, make_evaluator, metrics
+from semclip_jax.evaluators.embed import MIN_EVAL_ITEMS, EvalRound
 from semclip_jax.models import create_clip, get_preset
 
 
@@ -45,11 +47,34 @@ def _data_config(batch_size=16):
   return config
 
 
-def test_last_partial_batch_is_counted_once():
+def test_last_partial_batch_is_counted_once(capsys):
   source = ShapesSource(split="test", size=37, image_size=40)
-  z = EvalRound.of_model(create_clip(get_preset("tiny"))).triples(source, _data_config(16))
+  round_ = EvalRound.of_model(create_clip(get_preset("tiny")))
+  z = round_.triples(source, _data_config(16), "ccneg (test)")
   assert len(z["ids"]) == len(set(z["ids"])) == 37 and z["image"].shape == (37, 32)
   np.testing.assert_allclose(np.linalg.norm(z["negation"], axis=-1), 1.0, atol=1e-5)
+  # A short pass reports once, at its end, off a terminal; a shared pass does not report again.
+  round_.triples(source, _data_config(16), "retrieval (test)")
+  (line,) = capsys.readouterr().err.splitlines()
+  assert line.startswith("eval ccneg (test): 37/37 items (100.0%) | ") and "items/s" in line
+
+
+def test_a_tiny_split_is_warned_about_once_when_built(caplog):
+  data = data_lib.default_config()
+  data.update(kind="shapes", shapes_eval_size=1)
+  with caplog.at_level(logging.WARNING):
+    evaluator = make_evaluator(ml_collections.ConfigDict({"type": "retrieval"}), data, "val",
+                               name="retrieval")
+  assert evaluator.label == "retrieval (val)" and evaluator.size() == 1
+  assert [r.getMessage() for r in caplog.records] == [
+      f"evals.retrieval (val) has 1 item(s), fewer than MIN_EVAL_ITEMS={MIN_EVAL_ITEMS}: its "
+      "metrics mean little (one item scores 0 or 1; recall@k is 1 once k reaches the gallery)"]
+  caplog.clear()
+  data.shapes_eval_size = MIN_EVAL_ITEMS
+  with caplog.at_level(logging.WARNING):
+    assert make_evaluator(ml_collections.ConfigDict({"type": "ccneg"}), data, "test").label == (
+        "ccneg (test)")
+  assert not caplog.records
 
 
 def test_exported_folder_scores_the_same_as_transformers(tmp_path):
@@ -95,7 +120,7 @@ def test_report_writes_table_and_valid_pngs(tmp_path):
         "test/retrieval/t2i_recall@1_original": 0.3}))
     (run / "metrics.jsonl").write_text("\n".join(json.dumps({"step": s, "loss": 2.0 / s})
                                                  for s in range(1, 11)))
-    np.savez(run / "similarities_ccneg.npz", **{k: rng.normal(size=50) for k in report.KINDS})
+    np.savez(run / "similarities_ccneg.npz", **{k: rng.normal(size=50) for k in report_runs.KINDS})
     runs.append(str(run))
   assert evaluate.main([f"--report={','.join(runs)}", f"--out={tmp_path / 'report'}"]) == 0
   table = (tmp_path / "report" / "report.md").read_text()

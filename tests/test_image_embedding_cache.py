@@ -45,6 +45,7 @@ def _losses(workdir):
   return {r["step"]: r["loss"] for r in rows if "loss" in r}
 
 
+@pytest.mark.slow
 def test_cached_run_trains_as_the_uncached_one_and_shares_its_checkpoints(tmp_path):
   uncached, cached, switched = tmp_path / "uncached", tmp_path / "cached", tmp_path / "switched"
   train.train_and_evaluate(_config(False), str(uncached))

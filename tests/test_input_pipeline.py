@@ -258,6 +258,7 @@ def test_eval_never_drafts(tmp_path, tokenizer):
   np.testing.assert_array_equal(image, expected)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("workers", [0, 2])
 def test_same_seed_same_batches_and_exact_resume(tmp_path, tokenizer, workers):
   path, images = _write_dataset(tmp_path)

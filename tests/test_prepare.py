@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from semclip_jax import data as data_lib
 from semclip_jax.data import input_pipeline, prepare, readers, shard_writer, sources
 
 
@@ -114,13 +115,57 @@ def test_csv_split_matches_csv_source(tmp_path):
   assert [r["id"] for r in _records(out)] == [t.id for t in want.triples] and len(want.triples) == 2
 
 
+def test_split_all_writes_the_folders_array_record_training_reads(tmp_path, capsys):
+  _csv_dataset(tmp_path, 20)
+  out = tmp_path / "shards"
+  args = _csv_args(tmp_path, out, "--split=all", "--split_seed=3", "--ratios=0.5,0.2,0.3")
+  assert prepare.main(args) == 0
+  captured = capsys.readouterr()
+  # The last line names the flags; with them `data.kind=array_record` reads each split.
+  last = captured.out.splitlines()[-1]
+  assert last == (f"train with: --config.data.kind=array_record --config.data.path={out}/train "
+                  f"--config.data.eval_path={out}/val --config.data.test_path={out}/test")
+  config = data_lib.default_config()
+  for flag in last.split()[2:]:
+    name, value = flag[len("--config.data."):].split("=", 1)
+    config[name] = value
+  for split, size in (("train", 10), ("val", 4), ("test", 6)):
+    want = sources.csv_source(str(tmp_path / "triples.csv"), str(tmp_path / "images"),
+                              split=split, split_seed=3, ratios=(0.5, 0.2, 0.3))
+    source = data_lib.make_source(config, split)
+    assert [source[i]["id"] for i in range(len(source))] == [t.id for t in want.triples]
+    assert len(source) == size
+    # Progress on stderr: one line per split (a short run), with the counts.
+    assert f"prepare {split}: {size}/{size} records (100.0%) | written={size} skipped=0 | " in (
+        captured.err)
+  assert "\r" not in captured.err
+  # Each folder resumes on its own: a finished run only prints the summaries and the flags.
+  (out / "val" / "triples-00000.array_record").unlink()
+  assert prepare.main(args) == 0
+  assert "shard 00000: 4 of 4 records written" in capsys.readouterr().out
+  assert prepare.main(args[:-3] + ["--split=train"]) == 0  # into <shards> itself: a new run
+  assert capsys.readouterr().out.splitlines()[-1] == (
+      f"use with: --config.data.kind=array_record --config.data.path={out}")
+
+
+def test_help_shows_the_defaults(capsys):
+  with pytest.raises(SystemExit) as done:
+    prepare.main(["--help"])
+  assert done.value.code == 0
+  text = " ".join(capsys.readouterr().out.split())
+  assert "--config.data.eval_path=<output_dir>/val" in text  # the whole description
+  for shown in ("(default: 0.8,0.1,0.1)", "(default: image)", "(default: 0.05)",
+                "input records per shard (default: 10000)", "seed of the split (default: 0)"):
+    assert shown in text, shown
+
+
 def _tar_add(tar, name, data):
   info = tarfile.TarInfo(name)
   info.size = len(data)
   tar.addfile(info, io.BytesIO(data))
 
 
-def test_webdataset_with_json_and_side_file(tmp_path):
+def test_webdataset_with_json_and_side_file(tmp_path, capsys):
   images, tars = {}, tmp_path / "cc3m"
   tars.mkdir()
   for i in range(6):
@@ -155,8 +200,12 @@ def test_webdataset_with_json_and_side_file(tmp_path):
   assert summary["skipped"] == {readers.NO_TRIPLE: {"count": 1, "examples": ["000000005"]}}
   assert (summary["read"], summary["written"], summary["shards"]) == (6, 5, 2)
   (out / "triples-00000.array_record").unlink()  # redone alone; shard 1 is passed over unread
+  capsys.readouterr()
   assert prepare.main(args) == 0
   assert _records(out) == records
+  # Progress counts shard 1's records as done before (no total: tars are streamed).
+  (line,) = capsys.readouterr().err.splitlines()
+  assert line.startswith("prepare: 6 records | written=5 skipped=1 | ") and "ETA" not in line
 
 
 def _ccneg_dataset(tmp_path, n=5):

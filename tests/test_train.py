@@ -4,6 +4,7 @@ import json
 import os
 import pathlib
 import signal
+import struct
 import subprocess
 import sys
 import time
@@ -13,7 +14,8 @@ import pytest
 import safetensors.numpy
 import transformers
 
-from semclip_jax import checkpointing, hf, openclip, report, train
+from semclip_jax import checkpointing, hf, openclip, report_runs, train
+from semclip_jax import config as config_lib
 from semclip_jax.data import input_pipeline
 from semclip_jax.evaluators.embed import count_compilations
 from semclip_jax.metrics_writer import read_metrics
@@ -34,10 +36,11 @@ def _shapes_config(**overrides):
 
 
 def _losses(workdir):
-  """step -> loss, the last logged value of each step (a resumed run logs some steps twice)."""
+  """step -> loss, the last logged value of each step."""
   return {m["step"]: m["loss"] for m in read_metrics(workdir) if "loss" in m}
 
 
+@pytest.mark.slow
 def test_shapes_run_end_to_end(tmp_path):
   config = _shapes_config(total_steps=40, log_every_steps=5)
   config.mesh.num_devices = 1
@@ -46,13 +49,19 @@ def test_shapes_run_end_to_end(tmp_path):
   config.data.shapes_eval_size = 32
   for eval_config in config.evals.values():
     eval_config.every_steps = 20
-  results = train.train_and_evaluate(config, str(tmp_path))
+  trained = train.train_and_evaluate(config, str(tmp_path))
+  results = trained.metrics
+  assert trained.step == 40 and trained.workdir == str(tmp_path)
   losses = _losses(tmp_path)
   assert sorted(losses) == [5, 10, 15, 20, 25, 30, 35, 40]
   curve = [losses[s] for s in sorted(losses)]
   assert np.mean(curve[-3:]) < 0.9 * np.mean(curve[:3]), curve  # batch 16: compare averages
   assert checkpointing.Checkpointer(str(tmp_path / "checkpoints")).all_steps() == [20, 40]
-  assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
+  # TensorBoard groups training scalars under train/, beside val/ and test/.
+  tags = _tensorboard_tags(tmp_path / "tensorboard")
+  assert {"train/loss", "train/contrastive_loss", "val/ccneg/accuracy", "test/ccneg/accuracy"} <= tags
+  assert not {tag for tag in tags if "/" not in tag}
+  assert all(isinstance(m["time"], float) for m in read_metrics(tmp_path))  # wall clock
   written = json.loads((tmp_path / "results.json").read_text())
   assert written["step"] == 40 and written == {"step": 40, **results}
   assert 0 <= results["test/ccneg/accuracy"] <= 1
@@ -74,13 +83,28 @@ def test_shapes_run_end_to_end(tmp_path):
   assert json.loads((tmp_path / "config.json").read_text())["loss"]["name"] == "semclip"
   # The test round's per-item cosines, for the report's histograms.
   cosines = np.load(tmp_path / "similarities_ccneg.npz")
-  assert set(cosines.files) == set(report.KINDS) and cosines["original_negation"].shape == (32,)
+  assert set(cosines.files) == set(report_runs.KINDS)
+  assert cosines["original_negation"].shape == (32,)
   model, info = transformers.CLIPModel.from_pretrained(str(tmp_path / "hf"), output_loading_info=True)
   assert not any(info.values())
-  # --mode=eval and --mode=export on the same workdir reproduce the final numbers and weights.
+  card = (tmp_path / "hf" / "README.md").read_text()  # the export's model card
+  assert "pipeline_tag: zero-shot-image-classification" in card and "`semclip`" in card
+  assert f"{results['test/ccneg/accuracy']:.4f}" in card
+  # Rerunning the finished run evaluates nothing again: the same results, no new metrics line.
+  lines = (tmp_path / "metrics.jsonl").read_text()
+  again = train.train_and_evaluate(config, str(tmp_path))
+  assert again.metrics == results and again.step == 40
+  assert (tmp_path / "metrics.jsonl").read_text() == lines
+  # --mode=eval and --mode=export on the same workdir, from its own config.json, reproduce the
+  # final numbers and weights.
   exported = safetensors.numpy.load_file(str(tmp_path / "hf" / "model.safetensors"))
   test_results = {k: v for k, v in results.items() if k.startswith("test/")}
-  assert train.evaluate(config, str(tmp_path)) == pytest.approx(test_results, abs=1e-6)
+  own = config_lib.load_config(f"workdir:{tmp_path}")
+  assert train.evaluate(own, str(tmp_path)) == pytest.approx(test_results, abs=1e-6)
+  other = config_lib.load_config(f"workdir:{tmp_path}", {"loss.name": "siglip"})
+  with pytest.raises(ValueError, match=r"differs from the run's config.json in loss\.name: run "
+                     r"'semclip', here 'siglip'"):
+    train.export(other, str(tmp_path))
   (tmp_path / "hf" / "model.safetensors").unlink()
   written = train.export(config, str(tmp_path))
   again = safetensors.numpy.load_file(str(tmp_path / "hf" / "model.safetensors"))
@@ -90,11 +114,33 @@ def test_shapes_run_end_to_end(tmp_path):
   assert all(np.array_equal(from_openclip[k], again[k]) for k in again)
 
 
-def _command(workdir, *extra):
+def _tensorboard_tags(folder):
+  """The scalar tags in the TFRecord event files under `folder` (length, crc, event, crc)."""
+  from tensorboardX.proto import event_pb2  # pylint: disable=import-outside-toplevel
+
+  tags = set()
+  for path in folder.glob("events.out.tfevents.*"):
+    data, offset = path.read_bytes(), 0
+    while offset < len(data):
+      (length,) = struct.unpack("<Q", data[offset:offset + 8])
+      event = event_pb2.Event.FromString(data[offset + 12:offset + 12 + length])
+      tags |= {value.tag for value in event.summary.value}
+      offset += 12 + length + 4
+  return tags
+
+
+def _command(workdir, *extra, total_steps=40):
   return [sys.executable, "-m", "semclip_jax.main", f"--config={SHAPES}:runlocal",
           f"--workdir={workdir}", "--config.mesh.num_devices=1", "--config.progress_bar=False",
-          "--config.total_steps=40", "--config.log_every_steps=1", "--config.checkpoint.every_steps=4",
-          "--config.checkpoint.keep=20", "--config.export_hf=True", *extra]
+          f"--config.total_steps={total_steps}", "--config.log_every_steps=1",
+          "--config.checkpoint.every_steps=4", "--config.checkpoint.keep=20",
+          "--config.export_hf=True", *extra]
+
+
+# The runs these tests start compare with each other only (exactness between runs of one build),
+# so they compile without XLA's slow LLVM passes: most of a tiny run's time is compilation.
+FAST_COMPILE = {**os.environ, "XLA_FLAGS": os.environ.get("XLA_FLAGS", "")
+                + " --xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"}
 
 
 def _wait_for_checkpoint(process, workdir, step, timeout=300):
@@ -108,14 +154,16 @@ def _wait_for_checkpoint(process, workdir, step, timeout=300):
 @pytest.mark.slow
 def test_resume_after_sigkill_is_exact(tmp_path):
   full, killed = tmp_path / "full", tmp_path / "killed"
-  subprocess.run(_command(full), check=True, cwd=REPO, capture_output=True)
-  process = subprocess.Popen(_command(killed), cwd=REPO, stdout=subprocess.DEVNULL,
-                             stderr=subprocess.DEVNULL)
+  subprocess.run(_command(full, total_steps=24), check=True, cwd=REPO, capture_output=True,
+                 env=FAST_COMPILE)
+  process = subprocess.Popen(_command(killed, total_steps=24), cwd=REPO, env=FAST_COMPILE,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
   _wait_for_checkpoint(process, killed, 8)
   process.kill()
   process.wait()
   assert not (killed / "hf").exists()  # really interrupted
-  subprocess.run(_command(killed), check=True, cwd=REPO, capture_output=True)
+  subprocess.run(_command(killed, total_steps=24), check=True, cwd=REPO, capture_output=True,
+                 env=FAST_COMPILE)
 
   a = safetensors.numpy.load_file(str(full / "hf" / "model.safetensors"))
   b = safetensors.numpy.load_file(str(killed / "hf" / "model.safetensors"))
@@ -123,8 +171,10 @@ def test_resume_after_sigkill_is_exact(tmp_path):
   for key in a:
     assert np.array_equal(a[key], b[key]), key
   assert _losses(killed) == _losses(full)  # every step's loss, the replayed ones included
+  # The steps the killed run logged after checkpoint 8 were dropped when the rerun replayed them:
+  # metrics.jsonl holds each step once, in order.
   logged_steps = [m["step"] for m in read_metrics(killed) if "loss" in m]
-  assert len(logged_steps) > 40  # some steps ran twice: the kill happened after checkpoint 8
+  assert logged_steps == list(range(1, 25))
 
 
 @pytest.mark.slow
@@ -150,18 +200,19 @@ def test_sigterm_saves_a_restorable_checkpoint(tmp_path):
   assert data_state["counts"]["seen_in_epoch"] == 16 * step
 
 
+@pytest.mark.slow
 def test_meshes_match_one_device(tmp_path):
   losses = {}
   # 4x2 splits the batch over both axes and the parameters over fsdp; the 8x1 data-parallel
   # step alone is checked against one device in tests/test_sharding.py.
   for name, (num_devices, data, fsdp) in {"one": (1, 1, 1), "4x2": (8, 4, 2)}.items():
-    config = _shapes_config(total_steps=20, log_every_steps=1, export_hf=False)
+    config = _shapes_config(total_steps=10, log_every_steps=1, export_hf=False)
     config.evals = {}
     config.checkpoint.every_steps = 1000
     config.mesh.update(num_devices=num_devices, data=data, fsdp=fsdp)
     train.train_and_evaluate(config, str(tmp_path / name))
     losses[name] = np.array([v for _, v in sorted(_losses(tmp_path / name).items())])
-  assert len(losses["one"]) == 20
+  assert len(losses["one"]) == 10
   np.testing.assert_allclose(losses["4x2"], losses["one"], rtol=0, atol=1e-4)
 
 
@@ -189,7 +240,7 @@ def test_eval_rounds_share_one_pass_and_compile_once_per_run(tmp_path, monkeypat
     return results
 
   monkeypatch.setattr(train, "evaluate_model", counted)
-  results = train.train_and_evaluate(config, str(tmp_path))
+  results = train.train_and_evaluate(config, str(tmp_path)).metrics
   # Validation at step 2; at the end validation and test (one round, two splits).
   assert len(rounds) == 3 and results["val/ccneg/items"] == results["test/ccneg/items"] == 24
   assert [r["passes"] for r in rounds] == [1, 1, 1]

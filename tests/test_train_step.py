@@ -104,6 +104,7 @@ def test_frozen_tower_is_bitwise_unchanged_and_has_no_optimizer_state():
   assert all(changed)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mesh_shape", [None, (4, 2)])
 def test_gradient_accumulation_equals_one_large_batch_for_per_sample_terms(mesh_shape):
   # alpha = 0: only the per-sample paraphrase and negation terms (and the margin) remain.

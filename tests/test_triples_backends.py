@@ -2,14 +2,16 @@
 transformers model (mechanics only)."""
 
 import json
+import socket
+import time
 
 import pytest
 
 from semclip_jax.data import triples
 from semclip_jax.data.triples import backends, files, generate, protocol
 from semclip_jax.data.triples.__main__ import main
-from triples_helpers import (TIMEOUT, ScriptedServer, good, http_backends, read_csv, scripted,
-                             write_csv)
+from triples_helpers import (TIMEOUT, ScriptedServer, cached_pairs, good, http_backends, read_csv,
+                             scripted, write_csv)
 from triples_helpers import server  # pylint: disable=unused-import  (a pytest fixture)
 
 
@@ -68,11 +70,49 @@ def test_retry_backoff_grows_honours_retry_after_and_is_capped(server):
   with pytest.raises(protocol.BackendError) as failure:  # a client error is not retried
     backend("bad_request", 3, 10).complete(request)
   assert failure.value.reason == "HTTP 400" and not delays
-  dead = backends.OllamaBackend("m", "http://127.0.0.1:9", timeout=TIMEOUT, sleep=delays.append,
-                                retry=backends.RetryPolicy(1, 0.01, 0.01))
-  with pytest.raises(protocol.BackendError) as failure:
+
+
+def _closed_port():
+  """A port of 127.0.0.1 that nothing listens on (bound, read, released)."""
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def test_no_server_stops_at_the_first_request_with_exit_2_keeping_the_cache(tmp_path, capsys):
+  # What was answered before the server went away stays cached.
+  s = ScriptedServer(scripted)
+  try:
+    write_csv(tmp_path / "first.csv", ["A dog runs on the beach."])
+    common = ["--backend=ollama", "--model=generator", f"--cache={tmp_path / 'cache.sqlite'}"]
+    assert main([f"--input={tmp_path / 'first.csv'}", f"--output={tmp_path / 'first_out.csv'}",
+                 f"--base_url={s.url}", *common]) == 0
+  finally:
+    s.close()
+  answered = cached_pairs(tmp_path / "cache.sqlite")
+  assert len(answered) == 4  # paraphrase, negation and their verifications
+  capsys.readouterr()
+  # Nothing listens: the first refused connection stops the run, without the retries' waits
+  # (4 retries from 1 s: at least 7.5 s per request) or a pass over every other caption.
+  url = f"http://127.0.0.1:{_closed_port()}"
+  write_csv(tmp_path / "more.csv", ["A dog runs on the beach.", "A cat sleeps on a red sofa.",
+                                    "Two men ride horses along a river."])
+  start = time.monotonic()
+  assert main([f"--input={tmp_path / 'more.csv'}", f"--output={tmp_path / 'more_out.csv'}",
+               f"--base_url={url}", *common]) == 2
+  assert time.monotonic() - start < 3
+  errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+  assert len(errors) == 1 and f"{url}/api/chat: cannot connect" in errors[0], errors
+  assert "cached" in errors[0]
+  assert not (tmp_path / "more_out.csv").exists()
+  assert cached_pairs(tmp_path / "cache.sqlite") == answered
+  # The backend alone: FatalBackendError at once, no retry.
+  delays = []
+  dead = backends.OllamaBackend("m", url, timeout=TIMEOUT, sleep=delays.append)
+  request = protocol.Request("paraphrase", "c", ({"role": "user", "content": "Caption: c"},))
+  with pytest.raises(protocol.FatalBackendError) as failure:
     dead.complete(request)
-  assert failure.value.reason == "connection error" and len(delays) == 1
+  assert failure.value.reason == "no server" and not delays
 
 
 # ----------------------------------------------------------------------------------------------
@@ -139,3 +179,15 @@ def test_transformers_prompt_without_chat_template_and_missing_model(tmp_path):
   with pytest.raises(protocol.FatalBackendError, match="not a local model"):
     backends.make_backend("transformers", str(tmp_path / "nowhere")).complete(request)
   assert triples.make_backend("rules").complete(request) != "c"
+
+
+def test_help_shows_the_defaults(capsys):
+  with pytest.raises(SystemExit) as done:
+    main(["--help"])
+  assert done.value.code == 0
+  text = " ".join(capsys.readouterr().out.split())
+  assert "Exit status: 0 done" in text  # the whole description, examples included
+  for shown in ("what generates (default: ollama)", "requests in flight (default: 8)",
+                "seconds between progress lines (default: 30.0)",
+                "ask the verifier yes/no about each answer (default: True)"):
+    assert shown in text, shown

@@ -38,6 +38,7 @@ import jax
 
 from semclip_jax.bench import (cached_step, evaluation, input_rate, peak, results as results_lib,
                                scale, step)
+from semclip_jax.progress import HelpFormatter  # the commands' one --help layout
 
 # --what -> the module that measures it. Each module has `add_arguments(parser)` (its flags; every
 # module's are on the one parser, so `--help` lists them all and a module may read another's, as
@@ -65,8 +66,9 @@ def modules(what: str) -> list[ModuleType]:
 
 def make_parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(prog="python -m semclip_jax.bench", description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("--what", choices=[*MODES, *GROUPS], default="all")
+                                   formatter_class=HelpFormatter)
+  parser.add_argument("--what", choices=[*MODES, *GROUPS], default="all",
+                      help="the measurement (see above); all = step then input")
   for module in dict.fromkeys(MODES.values()):
     module.add_arguments(parser)
   parser.add_argument("--json_out", default=None, help="also append the JSON lines to this file")

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import importlib.util
 import os
 import tempfile
 import time
@@ -31,14 +30,14 @@ import numpy as np
 from flax import nnx
 from PIL import Image
 
+from semclip_jax import config as config_lib
 from semclip_jax import train
 from semclip_jax.data import sources
 from semclip_jax.evaluators import ALL, Encoder, EvalRound, make_evaluator, reads_own_data
 from semclip_jax.evaluators.embed import count_compilations
 from semclip_jax.models import create_clip, get_preset
 
-# The config measured; in a source checkout (configs/ is not part of the installed package).
-CONFIG = os.path.join(os.path.dirname(__file__), "..", "..", "configs", "sugarcrepe_pp.py")
+CONFIG = "sugarcrepe_pp"  # the config measured: a packaged config's name, or a file
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -51,7 +50,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                       help="eval: the CSV's first rows only (0: all)")
   parser.add_argument("--eval_image_dir", default="",
                       help="eval: folder for the synthetic JPEGs (default: a temporary one)")
-  parser.add_argument("--eval_config", default=CONFIG, help="eval: the config whose evals run")
+  parser.add_argument("--eval_config", default=CONFIG,
+                      help="eval: the config (name or file) whose evals run")
 
 
 def write_images(folder: str, names: Sequence[str], size: tuple[int, int] = (96, 128)) -> None:
@@ -68,10 +68,7 @@ def load_config(args: argparse.Namespace, csv_path: str, image_dir: str
                 ) -> ml_collections.ConfigDict:
   """`--eval_config`'s data and evals over `csv_path` and `image_dir`, for a random-init
   `--eval_preset` model."""
-  spec = importlib.util.spec_from_file_location("bench_eval_config", args.eval_config)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config()
+  config = config_lib.load_config(args.eval_config)
   config.data.update(path=csv_path, image_dir=image_dir, batch_size=args.eval_batch_size,
                      image_size=get_preset(args.eval_preset).vision.image_size)
   config.model.update(init_from="", preset=args.eval_preset, dtype="float32")

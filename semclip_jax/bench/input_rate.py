@@ -69,7 +69,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
   """The input benchmark's flags (its default image side follows the step's `--preset`)."""
   parser.add_argument("--image_size", type=int, default=None,
                       help="input benchmark's output image side (default: the preset's)")
-  parser.add_argument("--input_batch_size", type=int, default=64)
+  parser.add_argument("--input_batch_size", type=int, default=64, help="input benchmark's batch")
   parser.add_argument("--batches", type=int, default=20, help="timed batches per input measurement")
   parser.add_argument("--workers", type=int, default=2, help="grain worker processes")
   parser.add_argument("--jpeg_files", type=int, default=512, help="JPEGs written for the test")

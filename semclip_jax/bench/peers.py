@@ -41,6 +41,7 @@ from flax import nnx
 from semclip_jax import losses, openclip, optim
 from semclip_jax.bench import flops, peak as peak_lib, results as results_lib, step as step_lib
 from semclip_jax.models.model_config import CLIPConfig, get_preset
+from semclip_jax.progress import HelpFormatter
 from semclip_jax.sharding import path_str
 
 try:  # the `bench` extra (also in `test`); a plain install has neither, and this module imports
@@ -370,15 +371,20 @@ def print_table(peak: dict[str, Any], results: list[dict[str, Any]]) -> None:
             f"{r['steps_each']} rel diff {r['last_loss_rel_diff']:.1e}")
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def make_parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(prog="python -m semclip_jax.bench.peers", description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+                                   formatter_class=HelpFormatter)
   # --paper_compat is implied: both sides compute the paper's loss.
   step_lib.add_step_arguments(parser)
   peak_lib.add_arguments(parser)
   parser.add_argument("--loss_rtol", type=float, default=1e-4,
                       help="largest relative difference of the first-step losses that passes")
   parser.add_argument("--json_out", default=None, help="also append the JSON lines to this file")
+  return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  parser = make_parser()
   args = parser.parse_args(argv)
   load_at_start = os.getloadavg()[0]  # before our own work: what other processes were doing
   require_peers()

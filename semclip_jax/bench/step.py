@@ -198,13 +198,14 @@ def _int_list(text: str) -> tuple[int, ...]:
 def add_step_arguments(parser: argparse.ArgumentParser) -> None:
   """The step's flags, shared with `semclip_jax.bench.peers` so both measure the same step."""
   parser.add_argument("--preset", default="B/32", help="tiny | B/32 | B/16 | L/14")
-  parser.add_argument("--batch_size", type=int, default=32)
+  parser.add_argument("--batch_size", type=int, default=32,
+                      help="images per step, each with its 3 captions (all devices together)")
   parser.add_argument("--towers", choices=list(TOWERS), default="all",
                       help="trained towers: text (image frozen, the paper's setting), both, or "
                            "all = one run of each")
   parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
                       help="compute dtype (parameters stay float32)")
-  parser.add_argument("--loss", default="semclip")
+  parser.add_argument("--loss", default="semclip", help="config.loss.name (clip, siglip, ...)")
   parser.add_argument("--paper_compat", action="store_true",
                       help="the official code's contrastive term (as the open_clip peer computes)")
   parser.add_argument("--chunk_size", type=int, default=None, help="logits chunk (default: none)")

@@ -27,12 +27,14 @@ of its records the pipeline raises `BadDataError` naming the first offenders.
 
 from __future__ import annotations
 
+import atexit
 import copy
 import logging
 import threading
 from typing import Any, Iterator
 
 import grain
+import grain.multiprocessing
 import ml_collections
 import numpy as np
 from PIL import Image
@@ -220,6 +222,7 @@ def build_dataset(source, config: ml_collections.ConfigDict, *, train: bool,
                                                        drop_remainder=train)
   if config.worker_count > 0:
     _allow_grain_workers()
+    _register_exit_release()
     batches = batches.mp_prefetch(grain.MultiprocessingOptions(
         num_workers=config.worker_count, per_worker_buffer_size=config.worker_buffer_size))
   return batches, epoch_size
@@ -231,6 +234,54 @@ def _allow_grain_workers() -> None:
 
   if not flags.FLAGS.is_parsed():
     flags.FLAGS.mark_as_parsed()
+
+
+# Batches from worker processes arrive in shared memory (one POSIX segment per array), which grain
+# unlinks when the array is garbage-collected, on a thread pool of its own: `__del__` only queues
+# the unlink (`SharedMemoryArray.enable_async_del(1)`, called by every worker iterator). At exit,
+# multiprocessing's exit function stops that pool and drops what is still queued, and Python's
+# resource tracker then reports each segment never unlinked ("There appear to be N leaked
+# shared_memory objects to clean up at shutdown") and unlinks it itself. Two kinds were left:
+# unlinks still queued when the run ended, and arrays handed to jax (the train step's last
+# batches), which the CPU client keeps without a copy until jax's own exit handler clears its
+# backends, after ours has run. So a closing pipeline waits for the queue to run empty, and at
+# exit, once it has, grain unlinks in `__del__` itself: every segment is unlinked where grain
+# meant to, by this process.
+_SHARED_MEMORY_WAIT_S = 10.0  # an unlink takes microseconds; never hang a closing run on it
+
+
+def _wait_for_shared_memory_release() -> None:
+  """Returns once grain's deleter thread has unlinked every segment queued so far."""
+  # A private attribute of grain's public class: the pool exists once a worker iterator started.
+  deleter = getattr(grain.multiprocessing.SharedMemoryArray, "_del_thread_pool", None)
+  if deleter is None:
+    return
+  try:
+    # One thread taking tasks in order: a no-op finishes after every unlink queued before it.
+    deleter.apply_async(int).wait(_SHARED_MEMORY_WAIT_S)
+  except ValueError:  # the pool is already stopped: nothing queued will run anyway
+    pass
+
+
+def _release_shared_memory_at_exit() -> None:
+  _wait_for_shared_memory_release()
+  # From here on each release unlinks at once, in the thread that drops the array (grain's own
+  # switch back to synchronous deletion; private, hence looked up): no run is left to slow down.
+  synchronous = getattr(grain.multiprocessing.SharedMemoryArray, "_disable_async_del", None)
+  if synchronous is not None:
+    synchronous()
+
+
+_exit_release_registered = False
+
+
+def _register_exit_release() -> None:
+  global _exit_release_registered
+  if not _exit_release_registered:
+    # atexit runs handlers last-in first-out: this one, registered after grain imported
+    # multiprocessing, runs before multiprocessing's exit function stops grain's pool.
+    atexit.register(_release_shared_memory_at_exit)
+    _exit_release_registered = True
 
 
 def longest_caption(tokens: np.ndarray, pad_id: int = 0) -> int:
@@ -380,11 +431,13 @@ class InputPipeline:
 
   def close(self) -> None:
     """Stops the prefetch thread and the worker processes (the workers also stop at garbage
-    collection, but not reliably; a prefetch thread keeps the pipeline from it)."""
+    collection, but not reliably; a prefetch thread keeps the pipeline from it), and returns once
+    the shared memory of the batches they had prepared is unlinked."""
     self._stop_prefetch()
     close = getattr(self._iterator, "close", None)
     if close is not None:
       close()
+    _wait_for_shared_memory_release()
 
 
 def make_pipeline(source, config: ml_collections.ConfigDict, *, train: bool, mesh=None,

@@ -1,27 +1,40 @@
-"""Converts caption triples into ArrayRecord shards that `sources.ArrayRecordSource` reads.
+r"""Converts caption triples into ArrayRecord shards that `sources.ArrayRecordSource` reads.
 
 Usage:
   python -m semclip_jax.data.prepare --format=csv --input=triples.csv --image_dir=images \
-      --output_dir=shards [--layout=sugarcrepe_pp | --columns=image=file,caption=c,...] \
-      [--split=train [--split_seed=0 --ratios=0.8,0.1,0.1 [--split_by=rows] | --ccneg_official
-      [--ccneg_val_fraction=0.05] | --split_column=s]]
-  python -m semclip_jax.data.prepare --format=webdataset --input cc3m/00000.tar cc3m/00001.tar \
-      --triples=cc3m_triples.jsonl --output_dir=shards
+      --output_dir=shards --split=all \
+      [--layout=sugarcrepe_pp | --columns=image=file,caption=c,...] \
+      [--split_seed=0 --ratios=0.8,0.1,0.1 [--split_by=rows] | --ccneg_official \
+      [--ccneg_val_fraction=0.05] | --split_column=s]
   python -m semclip_jax.data.prepare --format=ccneg_pt --input=ccneg_preprocessed.pt \
-      --image_dir=ccneg_dataset --triples=ccneg_paraphrases.csv --output_dir=shards
+      --image_dir=ccneg_dataset --triples=ccneg_paraphrases.csv --output_dir=shards \
+      --split=all --ccneg_official
   python -m semclip_jax.data.prepare --format=sugarcrepe_json --input=sugarcrepe_pp_json/ \
       --image_dir=coco/val2017 --output_dir=shards
+  python -m semclip_jax.data.prepare --format=webdataset --input cc3m/00000.tar cc3m/00001.tar \
+      --triples=cc3m_triples.jsonl --output_dir=shards
+
+`--split=all` writes each split into its own folder, `<output_dir>/train`, `/val` and `/test`,
+which training reads with
+  --config.data.kind=array_record --config.data.path=<output_dir>/train \
+  --config.data.eval_path=<output_dir>/val --config.data.test_path=<output_dir>/test
+(`data.make_source` takes the training split from `data.path`, the validation split from
+`data.eval_path` and the test split from `data.test_path`). `--split=train|val|test` writes that
+split alone into `<output_dir>`. Splits are chosen as `sources.select_split` chooses them (and as
+`data.make_source` does for the same options, so shards of a split hold the rows the CSV source of
+that split reads). Without `--split` every row goes into `<output_dir>`: a whole evaluation set
+(an evaluator with its own `split="all"` reads it from its `data.eval_path`), or webdataset tars,
+which are split by the tars given. The last line printed names the flags to use.
 
 Input record i goes to shard `triples-{i // records_per_shard:05d}.array_record` as
-`sources.encode_record(...)`, with the image file's bytes as they are. `--split` writes one split,
-chosen as `sources.select_split` chooses it (and as `data.make_source` does for the same options,
-so shards of a split hold the rows the CSV source of that split reads). Bad records (image missing,
+`sources.encode_record(...)`, with the image file's bytes as they are. Bad records (image missing,
 empty or undecodable; an empty or non-string caption field) are skipped and counted by reason in
 `summary.json`; structural errors (missing column or field, unreadable input) exit with code 2.
+Progress (records done, written, skipped, rate, ETA) goes to stderr.
 
 A shard is written under a temporary name, renamed when complete and then recorded in
-`progress.json`: rerunning the same command redoes only incomplete shards, so an interrupted run
-resumes without duplicates or losses, and a finished one only prints its summary.
+`progress.json` (one per folder): rerunning the same command redoes only incomplete shards, so an
+interrupted run resumes without duplicates or losses, and a finished one only prints its summary.
 
 This module is the command line only (options, their checks, which reader feeds the writer): the
 formats are read by `readers` and written by `shard_writer`, which library code imports instead.
@@ -30,15 +43,20 @@ formats are read by `readers` and written by `shard_writer`, which library code 
 from __future__ import annotations
 
 import argparse
+import functools
 import glob
 import os
 import sys
 from typing import Any, Callable, Mapping, Sequence
 
 from semclip_jax.data import readers, sources
-from semclip_jax.data.shard_writer import Item, PrepareError, write_shards
+from semclip_jax.data.shard_writer import Counted, Item, PrepareError, write_shards
+from semclip_jax.progress import HelpFormatter
 
 FORMATS = ("csv", "webdataset", "ccneg_pt", "sugarcrepe_json")
+ALL = "all"  # --split=all: every split of sources.SPLITS into <output_dir>/<split>
+# The data config field `data.make_source` reads each split's shards from.
+SPLIT_FIELDS = {"train": "path", "val": "eval_path", "test": "test_path"}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -79,41 +97,81 @@ def prepare(fmt: str, inputs: Sequence[str], output_dir: str, *, image_dir: str 
             records_per_shard: int = 10_000, num_workers: int | None = None,
             log: Callable[[str], Any] = print) -> dict:
   """Converts one input (see the module docstring) into shards in `output_dir`; returns the
-  summary. Structural errors raise PrepareError (a ValueError)."""
+  summary, for `split="all"` {split: summary} of the folders `<output_dir>/<split>`. Structural
+  errors raise PrepareError (a ValueError)."""
   paths = _check_options(fmt, inputs, image_dir, triples, (layout, columns, split_column), split)
   if split_by not in sources.SPLIT_BY:
     raise PrepareError(f"unknown split_by {split_by!r}; choose one of {sources.SPLIT_BY}")
+  if split not in (None, ALL, *sources.SPLITS):
+    raise PrepareError(f"unknown split {split!r}; choose one of {(*sources.SPLITS, ALL)}")
   image_dir = image_dir and os.path.abspath(image_dir)
   triples = triples and os.path.abspath(triples)
-  settings = {"format": fmt, "inputs": paths, "image_dir": image_dir, "triples": triples,
-              "layout": layout, "columns": dict(columns or {}), "split": split,
-              "split_seed": split_seed if split else None,
-              "ratios": list(ratios) if split else None,
-              "ccneg_official": ccneg_official, "split_column": split_column,
-              "split_by": split_by if split else None,
-              "ccneg_val_fraction": ccneg_val_fraction if split and ccneg_official else None}
   choose = dict(ratios=ratios, seed=split_seed, ccneg_official=ccneg_official,
                 split_column=split_column, split_by=split_by,
                 ccneg_val_fraction=ccneg_val_fraction)
 
-  def reader(wanted):  # runs only when shards are missing: a finished run reads no input
-    side = readers.read_side_triples(triples) if triples is not None else {}
-    if fmt == "webdataset":
-      return readers.webdataset_reader(paths, side)(wanted)
-    errors = {}
+  @functools.cache  # read once for all splits, and only when shards are missing
+  def rows() -> tuple[list[sources.Triple], dict[str, str]]:
     if fmt == "csv":
-      rows = sources.read_triples(paths[0], layout=layout, columns=columns,
-                                  split_column=split_column)
-    elif fmt == "ccneg_pt":
-      rows, errors = readers.ccneg_triples(paths[0], image_dir, side)
-    else:
-      rows = readers.sugarcrepe_triples(paths)
-    return (Item(t.id, t.caption, t.paraphrase, t.negation, error=errors.get(t.id),
-                 image_path=os.path.join(image_dir, t.image), image_key=t.image)  # workers read
-            for t in sources.select_split(rows, split, **choose))
+      return sources.read_triples(paths[0], layout=layout, columns=columns,
+                                  split_column=split_column), {}
+    if fmt == "ccneg_pt":
+      side = readers.read_side_triples(triples) if triples is not None else {}
+      return readers.ccneg_triples(paths[0], image_dir, side)
+    return readers.sugarcrepe_triples(paths), {}
 
-  return write_shards(reader, output_dir, settings, records_per_shard=records_per_shard,
-                      num_workers=num_workers, log=log)
+  def write(split: str | None, folder: str) -> dict:
+    settings = {"format": fmt, "inputs": paths, "image_dir": image_dir, "triples": triples,
+                "layout": layout, "columns": dict(columns or {}), "split": split,
+                "split_seed": split_seed if split else None,
+                "ratios": list(ratios) if split else None,
+                "ccneg_official": ccneg_official, "split_column": split_column,
+                "split_by": split_by if split else None,
+                "ccneg_val_fraction": ccneg_val_fraction if split and ccneg_official else None}
+
+    def reader(wanted):  # runs only when shards are missing: a finished run reads no input
+      if fmt == "webdataset":
+        side = readers.read_side_triples(triples) if triples is not None else {}
+        return readers.webdataset_reader(paths, side)(wanted)
+      triples_, errors = rows()
+      chosen = sources.select_split(triples_, split, **choose)
+      return Counted((Item(t.id, t.caption, t.paraphrase, t.negation, error=errors.get(t.id),
+                           image_path=os.path.join(image_dir, t.image), image_key=t.image)
+                      for t in chosen), len(chosen))  # workers read the images
+
+    return write_shards(reader, folder, settings, records_per_shard=records_per_shard,
+                        num_workers=num_workers, log=log,
+                        desc=f"prepare {split}" if split else "prepare")
+
+  if split != ALL:
+    summary = write(split, output_dir)
+    log(_usage(fmt, split, output_dir))
+    return summary
+  summaries = {}
+  for name in sources.SPLITS:
+    summaries[name] = write(name, os.path.join(output_dir, name))
+    if not summaries[name]["written"]:
+      log(f"warning: split {name!r} has no records; change --ratios or the split options")
+  log(_usage(fmt, split, output_dir))
+  return summaries
+
+
+def _usage(fmt: str, split: str | None, output_dir: str) -> str:
+  """The last line printed: the flags that read what was written."""
+  flag = lambda name, folder: f"--config.data.{SPLIT_FIELDS[name]}={folder}"
+  if split == ALL:
+    return "train with: --config.data.kind=array_record " + " ".join(
+        flag(name, os.path.join(output_dir, name)) for name in sources.SPLITS)
+  if split is not None:
+    return f"use with: --config.data.kind=array_record {flag(split, output_dir)}"
+  if fmt == "webdataset":
+    return (f"use with: --config.data.kind=array_record {flag('train', output_dir)}, with "
+            f"validation and test shards prepared from other tars as {flag('val', '...')} "
+            f"{flag('test', '...')}")
+  return (f"every row is in {output_dir}; as an evaluator's own data (split='all'): "
+          f"--config.evals.<name>.data.kind=array_record "
+          f"--config.evals.<name>.data.eval_path={output_dir}; to train, --split=all writes "
+          "train, val and test folders")
 
 
 def _columns(text: str) -> dict[str, str]:
@@ -126,20 +184,24 @@ def _ratios(text: str) -> tuple[float, ...]:
 
 def _parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(prog="python -m semclip_jax.data.prepare",
-                                   description=__doc__.split("\n", 1)[0])
+                                   description=__doc__, formatter_class=HelpFormatter)
   add = parser.add_argument
-  add("--format", required=True, choices=FORMATS)
+  add("--format", required=True, choices=FORMATS, help="the input's format")
   add("--input", required=True, nargs="+",
       help="input file(s); a folder stands for its webdataset tars or SugarCrepe++ subset files")
-  add("--output_dir", required=True, help="gets the shards, progress.json and summary.json")
+  add("--output_dir", required=True, help="gets the shards, progress.json and summary.json "
+      "(--split=all: in its train, val and test folders)")
   add("--image_dir", help="image folder (ccneg_pt: the CC-Neg folder or its image folder)")
   add("--triples", help="webdataset, ccneg_pt: CSV/JSONL of caption, paraphrase, negation")
-  add("--layout", choices=sorted(sources.LAYOUTS), help="csv: the paper's layout (default: detect)")
+  add("--layout", choices=sorted(sources.LAYOUTS), help="csv: the paper's layout; unset: "
+      "detected from the header")
   add("--columns", type=_columns, help="csv: field=column,... (image, caption, paraphrase, "
       "negation, optionally id)")
-  add("--split", choices=sources.SPLITS, help="write only this split (default: all)")
-  add("--split_seed", type=int, default=0)
-  add("--ratios", type=_ratios, default=(0.8, 0.1, 0.1), help="train,val,test shares of images "
+  add("--split", choices=(*sources.SPLITS, ALL), help="all: each split into its folder "
+      "<output_dir>/train, val, test (what training reads); train, val or test: that split alone; "
+      "unset: every row into <output_dir>")
+  add("--split_seed", type=int, default=0, help="seed of the split")
+  add("--ratios", type=_ratios, default="0.8,0.1,0.1", help="train,val,test shares of images "
       "(--split_by=rows: of rows)")
   add("--split_by", choices=sources.SPLIT_BY, default="image",
       help="image: no image in two splits; rows: the official SemCLIP code's random row split "
@@ -150,7 +212,7 @@ def _parser() -> argparse.ArgumentParser:
       help="with --ccneg_official: share of the training part's images that is 'val'")
   add("--split_column", help="csv: a column naming each row's split")
   add("--records_per_shard", type=int, default=10_000, help="input records per shard")
-  add("--num_workers", type=int, help="image-checking threads (default: min(8, CPUs))")
+  add("--num_workers", type=int, help="image-checking threads; unset: min(8, CPUs)")
   return parser
 
 
@@ -162,7 +224,8 @@ def main(argv: list[str] | None = None) -> int:
             split_seed=args.split_seed, ratios=args.ratios, ccneg_official=args.ccneg_official,
             split_column=args.split_column, split_by=args.split_by,
             ccneg_val_fraction=args.ccneg_val_fraction, records_per_shard=args.records_per_shard,
-            num_workers=args.num_workers)
+            num_workers=args.num_workers,
+            log=lambda m: print(m, flush=True))  # in order with the progress lines on stderr
   except (ValueError, OSError) as e:  # structural: missing column or field, unreadable input
     print(f"error: {e}", file=sys.stderr)
     return 2

@@ -8,7 +8,9 @@ paraphrase or negation; a reader's own skip reason) are skipped and counted by r
 
 A shard is written under a temporary name, renamed when complete and then recorded in
 `progress.json`: rerunning with the same settings redoes only incomplete shards, so an interrupted
-run resumes without duplicates or losses, and a finished one only prints its summary.
+run resumes without duplicates or losses, and a finished one only prints its summary. While it
+works, `progress.Progress` reports records done (of the total, when the reader knows it), written
+and skipped, with rate and ETA, on stderr.
 
 Used by `python -m semclip_jax.data.prepare` (with `readers`) and by the triple generation tool
 (`triples.files`), which rewrites shards with new paraphrases and negations.
@@ -17,6 +19,7 @@ Used by `python -m semclip_jax.data.prepare` (with `readers`) and by the triple 
 from __future__ import annotations
 
 import collections
+import collections.abc
 import concurrent.futures
 import dataclasses
 import glob
@@ -31,6 +34,7 @@ from PIL import Image
 
 from semclip_jax import atomic_io
 from semclip_jax.data import sources
+from semclip_jax.progress import Progress
 
 SHARD_NAME = "triples-{:05d}.array_record"
 SHARD_GLOB = "triples-*.array_record"
@@ -65,8 +69,23 @@ class Item:
 
 
 # One Item per input record, in a fixed order; None allowed where `wanted(index)` is False, so that
-# a resumed run need not read the images of completed shards.
+# a resumed run need not read the images of completed shards. A reader returning a sized iterable
+# (a list, a `Counted`) gives the progress lines a total and an ETA.
 Reader = Callable[[Callable[[int], bool]], Iterable["Item | None"]]
+
+
+class Counted:
+  """`iterable` (e.g. a generator) that says it yields `length` items: a reader's records, lazily
+  made, with their number known for the progress lines."""
+
+  def __init__(self, iterable: Iterable[Any], length: int):
+    self.iterable, self.length = iterable, length
+
+  def __iter__(self) -> Iterator[Any]:
+    return iter(self.iterable)
+
+  def __len__(self) -> int:
+    return self.length
 
 
 # ----------------------------------------------------------------------------------------------
@@ -176,10 +195,11 @@ def _summarize(progress: dict, output_dir: str, log: Callable[[str], Any]) -> di
 
 def write_shards(reader: Reader, output_dir: str, settings: Mapping[str, Any], *,
                  records_per_shard: int = 10_000, num_workers: int | None = None,
-                 writer_options: str = "group_size:1", log: Callable[[str], Any] = print) -> dict:
+                 writer_options: str = "group_size:1", log: Callable[[str], Any] = print,
+                 desc: str = "shards") -> dict:
   """Writes the records of `reader` as resumable ArrayRecord shards in `output_dir`; returns the
   summary ({"read", "written", "skipped": {reason: {"count", "examples"}}, "shards", "settings"},
-  also written to `summary.json`).
+  also written to `summary.json`). `desc` labels the progress lines.
 
   `settings` (JSON-able) identify the run: a folder holding progress of other settings is refused
   with PrepareError.
@@ -200,8 +220,16 @@ def write_shards(reader: Reader, output_dir: str, settings: Mapping[str, Any], *
   done = set(progress["shards"])
   wanted = lambda index: f"{index // records_per_shard:05d}" not in done
   workers = num_workers or min(8, os.cpu_count() or 1)
-  by_shard = itertools.groupby(enumerate(reader(wanted)), lambda pair: pair[0] // records_per_shard)
-  with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+  items = reader(wanted)
+  total = len(items) if isinstance(items, collections.abc.Sized) else None
+  # Records of completed shards count as done but not in the rate: a resumed run's ETA is its own.
+  before = _new_counts()
+  for counts in progress["shards"].values():
+    _merge(before, counts)
+  by_shard = itertools.groupby(enumerate(items), lambda pair: pair[0] // records_per_shard)
+  with (concurrent.futures.ThreadPoolExecutor(workers) as pool,
+        Progress(total, desc, unit="records", initial=before["read"]) as meter):
+    written, skipped = before["written"], before["read"] - before["written"]
     for shard, group in by_shard:
       if not wanted(shard * records_per_shard):
         continue  # groupby skips the rest of the group
@@ -213,8 +241,11 @@ def write_shards(reader: Reader, output_dir: str, settings: Mapping[str, Any], *
           for item, (record, reason) in _ordered_map(pool, (i for _, i in group), 4 * workers):
             if record is not None:
               writer.write(record)
+            written, skipped = written + (record is not None), skipped + (record is None)
             _merge(counts, {"read": 1, "written": int(record is not None), "skipped": {
                 reason: {"count": 1, "examples": [item.id]}} if reason else {}})
+            meter.log(written=written, skipped=skipped)
+            meter.update(1)
         finally:
           writer.close()
       progress["shards"][f"{shard:05d}"] = counts

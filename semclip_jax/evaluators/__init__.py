@@ -7,7 +7,7 @@ from __future__ import annotations
 import ml_collections
 
 from semclip_jax.evaluators.ccneg import CCNegEvaluator
-from semclip_jax.evaluators.embed import Encoder, EvalRound, Evaluator
+from semclip_jax.evaluators.embed import Encoder, EvalRound, Evaluator, warn_if_few
 from semclip_jax.evaluators.negbench import NegBenchMCQEvaluator, NegBenchRetrievalEvaluator
 from semclip_jax.evaluators.official import OfficialEvaluator
 from semclip_jax.evaluators.retrieval import RetrievalEvaluator
@@ -57,10 +57,27 @@ def missing_data(name: str, eval_config: ml_collections.ConfigDict,
 
 
 def make_evaluator(eval_config: ml_collections.ConfigDict, data_config: ml_collections.ConfigDict,
-                   split: str | None = None):
+                   split: str | None = None, *, name: str | None = None):
   """An evaluator from `config.evals.<name>` ({type, every_steps, data overrides, ks, split})
   reading `split` of its data: the evaluator's own `split` if it has one ("all": every item),
-  else the `split` given (the run's validation or test split)."""
+  else the `split` given (the run's validation or test split). Its `label`, "<name> (<split>)"
+  (`name` defaults to the type), names its progress lines; fewer than `embed.MIN_EVAL_ITEMS`
+  items are warned about here, once, before any round."""
+  evaluator = _build(eval_config, data_config, split)
+  kind = eval_config.type
+  if kind == "zeroshot":
+    where = "test"  # each dataset's test split
+  elif kind in OWN_FILES:
+    where = ALL  # every row of its file
+  else:
+    where = eval_config.get("split", split) or ALL
+  evaluator.label = f"{name or kind} ({where})"
+  warn_if_few(evaluator.label, evaluator.size())
+  return evaluator
+
+
+def _build(eval_config: ml_collections.ConfigDict, data_config: ml_collections.ConfigDict,
+           split: str | None):
   from semclip_jax.data import make_source  # pylint: disable=import-outside-toplevel
 
   kind = eval_config.type

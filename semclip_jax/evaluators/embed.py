@@ -9,7 +9,9 @@ same split share one pass. Evaluators take a round (`Evaluator.evaluate`); `Eval
 is the one-off form, which compiles for that model.
 
 Batches are padded to the full batch (one compilation serves every batch, and the batch splits
-evenly over devices) and the padded rows dropped, so every item is counted exactly once.
+evenly over devices) and the padded rows dropped, so every item is counted exactly once. Each pass
+over a source reports its progress (`progress.Progress`, on the first process only: items
+embedded of all, rate, ETA; one line at its end when it is short).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import hashlib
+import logging
 from typing import Any, Callable, Hashable, Iterator
 
 import jax
@@ -29,7 +32,10 @@ from semclip_jax.data.shapes import ShapesSource
 from semclip_jax.data.transforms import normalize
 from semclip_jax.models.clip import CLIP, l2_normalize
 from semclip_jax.models.model_config import CLIPConfig
+from semclip_jax.progress import Progress
 from semclip_jax.sharding import batch_sharding
+
+logger = logging.getLogger(__name__)
 
 CAPTION_KINDS = ("caption", "paraphrase", "negation")
 Params = tuple[nnx.State, ...]  # the states `nnx.merge(graphdef, *params)` takes
@@ -37,6 +43,10 @@ Metrics = Iterator[tuple[str, float]]
 # Settings of the eval pipeline; with the source's items they decide what a pass yields.
 _PIPELINE_FIELDS = tuple(sorted(input_pipeline.default_config().keys()))
 _COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"  # dispatch.BACKEND_COMPILE_EVENT
+# Fewer items than this and an evaluator's metrics mean little: one item scores 0 or 1, so every
+# accuracy moves by 1/n > 10 points per item, and recall@k is 1 once k reaches the gallery size.
+# `warn_if_few` says so, once, when the evaluator is built.
+MIN_EVAL_ITEMS = 10
 
 
 # ----------------------------------------------------------------------------------------------
@@ -182,16 +192,19 @@ class EvalRound:
     """[N, L] -> [N, D] unit rows (on device)."""
     return self.encoder.texts(self.params, tokens)
 
-  def triples(self, source, data_config: ml_collections.ConfigDict) -> dict[str, Any]:
+  def triples(self, source, data_config: ml_collections.ConfigDict, label: str = "triples"
+              ) -> dict[str, Any]:
     """{"ids": [N], "image_keys": [N] (rows sharing a key show the same image), "image": [N, D],
     "caption"/"paraphrase"/"negation": [N, D]} (numpy float32, read-only: shared). Records the
-    pipeline's bad-input policy skips are absent, ids too."""
+    pipeline's bad-input policy skips are absent, ids too. `label` names the pass's progress
+    lines (the evaluator asking first)."""
     key = data_key(source, data_config)
     if key not in self._triples:
-      self._triples[key] = self._embed_triples(source, data_config)
+      self._triples[key] = self._embed_triples(source, data_config, label)
     return self._triples[key]
 
-  def _embed_triples(self, source, data_config: ml_collections.ConfigDict) -> dict[str, Any]:
+  def _embed_triples(self, source, data_config: ml_collections.ConfigDict, label: str
+                     ) -> dict[str, Any]:
     self.passes += 1
     pipeline = input_pipeline.make_pipeline(source, data_config, train=False, process_index=0,
                                             process_count=1)
@@ -200,15 +213,21 @@ class EvalRound:
     texts = PaddedBatches(self.encode_texts, k * batch_size, self.mesh)  # one call on 3B captions
     ids: list[str] = []
     image_keys: list[str] = []
-    try:
-      for batch in pipeline:
-        images.add(normalize(batch["image"], data_config.normalization))
-        texts.add(batch["tokens"].reshape(-1, batch["tokens"].shape[-1]))  # [B, 3, L] -> [3B, L]
-        ids.extend(str(i) for i in batch["id"])
-        image_keys.extend(str(k) for k in batch["image_key"])
-    finally:
-      pipeline.close()
-    zi, z = images.result(), texts.result().reshape(len(ids), k, -1)
+    # Every process embeds the whole source; the first one speaks for them.
+    with Progress(len(source), f"eval {label}", unit="items",
+                  enabled=jax.process_index() == 0) as meter:
+      try:
+        for batch in pipeline:
+          images.add(normalize(batch["image"], data_config.normalization))
+          tokens = batch["tokens"]  # [B, 3, L] -> [3B, L]: one call on the 3B captions
+          texts.add(tokens.reshape(-1, tokens.shape[-1]))
+          ids.extend(str(i) for i in batch["id"])
+          image_keys.extend(str(k) for k in batch["image_key"])
+          meter.update(len(batch["id"]))
+      finally:
+        pipeline.close()
+      # Read back inside: the last line's time includes the device's work still queued.
+      zi, z = images.result(), texts.result().reshape(len(ids), k, -1)
     for array in (zi, z):
       array.setflags(write=False)
     return {"ids": ids, "image_keys": image_keys, "image": zi,
@@ -218,8 +237,27 @@ class EvalRound:
 # ----------------------------------------------------------------------------------------------
 # Evaluators.
 # ----------------------------------------------------------------------------------------------
+def warn_if_few(label: str, items: int | None) -> None:
+  """One warning line when an evaluator scores fewer than MIN_EVAL_ITEMS items (None: unknown
+  before a round)."""
+  if items is not None and items < MIN_EVAL_ITEMS:
+    logger.warning("evals.%s has %d item(s), fewer than MIN_EVAL_ITEMS=%d: its metrics mean "
+                   "little (one item scores 0 or 1; recall@k is 1 once k reaches the gallery)",
+                   label, items, MIN_EVAL_ITEMS)
+
+
 class Evaluator:
   """`evaluate(round)` yields (metric name, value) from a round's embeddings."""
+
+  # "<name> (<split>)": what its progress lines and warnings call it (`make_evaluator` sets it).
+  label: str = ""
+
+  def title(self) -> str:
+    return self.label or type(self).__name__
+
+  def size(self) -> int | None:
+    """Items it scores, where known before a round (None: unknown)."""
+    return None
 
   def evaluate(self, round_: EvalRound) -> Metrics:
     raise NotImplementedError
@@ -237,8 +275,11 @@ class TripleEvaluator(Evaluator):
     self.source = source
     self.data_config = data_config
 
+  def size(self) -> int:
+    return len(self.source)
+
   def evaluate(self, round_: EvalRound) -> Metrics:
-    return self.score(round_.triples(self.source, self.data_config))
+    return self.score(round_.triples(self.source, self.data_config, self.title()))
 
   def score(self, z: dict[str, Any]) -> Metrics:
     """Metrics from `EvalRound.triples`' embeddings."""

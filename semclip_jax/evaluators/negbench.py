@@ -381,7 +381,7 @@ def embed_image_files(round_: EvalRound, paths: Sequence[str],
   """[M, D] unit embeddings of image files, with the data config's eval transform."""
   z, _ = embed_images(round_.encode_images, _ImageFiles(paths), data_config.image_size,
                       data_config.batch_size, mesh=round_.mesh, resize=data_config.resize,
-                      normalization=data_config.normalization)
+                      normalization=data_config.normalization, desc="eval negbench images")
   return z
 
 
@@ -438,6 +438,9 @@ class NegBenchMCQEvaluator(Evaluator):
     self.option_types = resolve_option_types(option_types, self.items)
     self.data_config = data_config
 
+  def size(self) -> int:
+    return len(self.items.rows)
+
   @classmethod
   def from_config(cls, eval_config: ml_collections.ConfigDict,
                   data_config: ml_collections.ConfigDict) -> NegBenchMCQEvaluator:
@@ -472,6 +475,9 @@ class NegBenchRetrievalEvaluator(Evaluator):
       self.files[NEGATED] = read_retrieval(negated_path, image_root)
     self.data_config = data_config
     self.ks = tuple(ks)
+
+  def size(self) -> int:
+    return min(len(items.rows) for items in self.files.values())  # each file is scored alone
 
   @classmethod
   def from_config(cls, eval_config: ml_collections.ConfigDict,

@@ -32,6 +32,7 @@ from semclip_jax.data import transforms
 from semclip_jax.data.tokenizer import CLIPTokenizer
 from semclip_jax.evaluators.embed import EvalRound, Evaluator, Metrics, PaddedBatches, embed_rows
 from semclip_jax.models.clip import l2_normalize
+from semclip_jax.progress import Progress
 
 DATASETS = ("cifar10", "cifar100", "oxford_flowers102", "food101", "oxford_iiit_pet")
 TEMPLATES = ("this is a photo of a {c}",)
@@ -159,11 +160,11 @@ class _EvalImage:
 
 def embed_images(encode_images: Encode, source, image_size: int, batch_size: int,
                  max_examples: int | None = None, mesh=None, *,
-                 resize: str = "shortest_side_crop", normalization: str = "clip"
-                 ) -> tuple[np.ndarray, np.ndarray]:
+                 resize: str = "shortest_side_crop", normalization: str = "clip",
+                 desc: str = "eval images") -> tuple[np.ndarray, np.ndarray]:
   """([N, D] unit image embeddings, [N] labels) of the first `max_examples` records, in order.
   `source[i]` is {"image": uint8 HWC array or PIL image, "label": int}; it is read (and decoded)
-  in threads."""
+  in threads. Progress lines (first process only) are labelled `desc`."""
   n = len(source) if max_examples is None else min(max_examples, len(source))
   if n == 0:
     raise ValueError(f"{source!r} has no records to evaluate")
@@ -173,10 +174,12 @@ def embed_images(encode_images: Encode, source, image_size: int, batch_size: int
                                                 prefetch_buffer_size=2 * batch_size))
              .batch(batch_size))
   embeddings, labels = PaddedBatches(encode_images, batch_size, mesh), []
-  for batch in batches:
-    embeddings.add(batch["image"])
-    labels.append(batch["label"])
-  return embeddings.result(), np.concatenate(labels)
+  with Progress(n, desc, unit="images", enabled=jax.process_index() == 0) as meter:
+    for batch in batches:
+      embeddings.add(batch["image"])
+      labels.append(batch["label"])
+      meter.update(len(batch["label"]))
+    return embeddings.result(), np.concatenate(labels)  # read back before the last line
 
 
 # ----------------------------------------------------------------------------------------------
@@ -219,6 +222,9 @@ class ZeroShotEvaluator(Evaluator):
                                 "class_names", "splits") if c.get(k) is not None}
     return cls(c.get("datasets", DATASETS), data_dir=c.get("data_dir"), **kwargs)
 
+  def size(self) -> int | None:
+    return self.max_examples  # else each dataset's test split: known once read, and large
+
   def _load(self, name: str) -> tuple[Sequence[dict[str, Any]], list[str]]:
     source, names = load_split(name, self.data_dir, self.splits.get(name))
     if name in self.class_names:
@@ -240,7 +246,8 @@ class ZeroShotEvaluator(Evaluator):
     results = []
     for name, (source, names) in loaded.items():
       zi, labels = embed_images(round_.encode_images, source, round_.config.vision.image_size,
-                                self.batch_size, self.max_examples, mesh)
+                                self.batch_size, self.max_examples, mesh,
+                                desc=f"eval {self.title()} {name}")
       zc = [class_embeddings(round_.encode_texts, tokenizer, names, templates, self.batch_size,
                              mesh)
             for templates in (self.templates, self.negated_templates)]

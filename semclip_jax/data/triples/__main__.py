@@ -1,4 +1,4 @@
-"""Command line of triple generation: `python -m semclip_jax.data.triples --input=... --output=...`.
+r"""Triple generation's command line: `python -m semclip_jax.data.triples --input=... --output=...`.
 
 Examples:
   # the paper's setting: Phi-4 generates, Mistral verifies and regenerates (ollama)
@@ -12,8 +12,13 @@ Examples:
       --model=/models/phi-4-mini-instruct
   python -m semclip_jax.data.triples --input=c.csv --output=t.csv --backend=rules
 
+Progress (fields done of all, model calls, cached answers, failures, rate, ETA) goes to stderr: a
+bar on a terminal, else a line every --progress_every seconds.
+
 Exit status: 0 done; 1 some fields failed on the backend (rerun the same command to retry only
-those); 2 bad input or options, or a backend that cannot serve any request; 130 interrupted.
+those); 2 bad input or options, or a backend that cannot serve any request (no server at the URL,
+a wrong key or model: the run stops at the first such error, keeping the answers cached so far);
+130 interrupted.
 """
 
 from __future__ import annotations
@@ -24,28 +29,28 @@ import json
 import sys
 
 from semclip_jax.data.triples import backends, files, generate, protocol
+from semclip_jax.progress import HelpFormatter
 
 
 def _parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(prog="python -m semclip_jax.data.triples",
-                                   description="Paraphrase and negation of captions by LLMs, "
-                                   "verified, cached and resumable.")
+                                   description=__doc__, formatter_class=HelpFormatter)
   add = parser.add_argument
   add("--input", help="CSV/JSONL of captions, or ArrayRecord shards (a folder or a file)")
   add("--output", help=".csv or .jsonl (records + paraphrased, negation and flags), or a folder "
       "of ArrayRecord shards (from ArrayRecord input)")
-  add("--caption_column", default="caption")
-  add("--paraphrase_column", default="paraphrased")
-  add("--negation_column", default="negation")
-  add("--backend", default="ollama", choices=backends.BACKENDS)
+  add("--caption_column", default="caption", help="input column of the captions")
+  add("--paraphrase_column", default="paraphrased", help="output column of the paraphrases")
+  add("--negation_column", default="negation", help="output column of the negations")
+  add("--backend", default="ollama", choices=backends.BACKENDS, help="what generates")
   add("--model", default="", help="model name (ollama, openai) or local folder / .gguf file "
       "(transformers)")
-  add("--base_url", help="server URL (default: ollama http://127.0.0.1:11434, openai "
-      "http://127.0.0.1:8000/v1)")
-  add("--verifier_backend", choices=backends.BACKENDS, help="default: --backend")
-  add("--verifier_model", help="verifies and regenerates (default: --model)")
-  add("--verifier_base_url", help="default: --base_url when the backends are the same")
-  add("--api_key", help="bearer token (default for openai: $OPENAI_API_KEY)")
+  add("--base_url", help="server URL; unset: ollama http://127.0.0.1:11434, openai "
+      "http://127.0.0.1:8000/v1")
+  add("--verifier_backend", choices=backends.BACKENDS, help="unset: --backend")
+  add("--verifier_model", help="verifies and regenerates; unset: --model")
+  add("--verifier_base_url", help="unset: --base_url when the backends are the same")
+  add("--api_key", help="bearer token; unset for openai: $OPENAI_API_KEY")
   add("--verify", action=argparse.BooleanOptionalAction, default=True,
       help="ask the verifier yes/no about each answer")
   add("--regenerate", action=argparse.BooleanOptionalAction, default=True,
@@ -54,17 +59,17 @@ def _parser() -> argparse.ArgumentParser:
       "kinds: paraphrase, negation, verify_paraphrase, verify_negation")
   add("--print_prompts", action="store_true", help="print the prompts as JSON and exit")
   add("--temperature", type=float, default=0.7, help="generation and regeneration")
-  add("--verify_temperature", type=float, default=0.0)
+  add("--verify_temperature", type=float, default=0.0, help="verification")
   add("--max_tokens", type=int, default=128, help="answer length limit")
   add("--max_length_ratio", type=float, default=2.0,
       help="reject answers longer than this times the caption (+20 characters)")
   add("--concurrency", type=int, default=8, help="requests in flight")
   add("--timeout", type=float, default=60.0, help="seconds to connect and between bytes")
-  add("--retries", type=int, default=4, help="retries of connection errors, timeouts, 429, 5xx")
+  add("--retries", type=int, default=4, help="retries of timeouts, dropped connections, 429, 5xx")
   add("--backoff", type=float, default=1.0, help="seconds before the first retry, then doubled")
-  add("--max_backoff", type=float, default=30.0)
-  add("--cache", help="SQLite cache (default: <output>.cache.sqlite, or in the output folder)")
-  add("--device", help="transformers: cpu, cuda, cuda:1 ... (default: cuda if available)")
+  add("--max_backoff", type=float, default=30.0, help="longest wait before a retry, in seconds")
+  add("--cache", help="SQLite cache; unset: <output>.cache.sqlite, or in the output folder")
+  add("--device", help="transformers: cpu, cuda, cuda:1 ...; unset: cuda if available")
   add("--dtype", default="auto", help="transformers: auto, float32, bfloat16, float16")
   add("--records_per_shard", type=int, default=10_000, help="ArrayRecord output")
   add("--progress_every", type=float, default=30.0, help="seconds between progress lines")
@@ -111,7 +116,8 @@ def main(argv: list[str] | None = None) -> int:
                         records_per_shard=args.records_per_shard,
                         log=lambda m: print(m, flush=True), progress_every=args.progress_every)
   except protocol.FatalBackendError as e:
-    print(f"error: the backend cannot serve requests: {e}", file=sys.stderr)
+    print(f"error: the backend cannot serve requests: {e} (the answers received so far are "
+          "cached: rerun the same command once it is fixed)", file=sys.stderr)
     return 2
   except (ValueError, OSError) as e:
     print(f"error: {e}", file=sys.stderr)

@@ -7,18 +7,21 @@
   the `gguf` package), run in this process with PyTorch. Never touches the network.
 - `rules`: deterministic templates, in `rules.py`.
 
-HTTP retry policy: a request is tried at most `1 + retries` times. Retried: connection errors
-(refused, reset, closed early), timeouts (`timeout` seconds to connect and between received bytes),
-HTTP 429 and every 5xx. Before retry n (0-based) the backend sleeps `backoff * 2**n` seconds times a
+HTTP retry policy: a request is tried at most `1 + retries` times. Retried: dropped connections
+(reset, closed early), timeouts (`timeout` seconds to connect and between received bytes), HTTP
+429 and every 5xx. Before retry n (0-based) the backend sleeps `backoff * 2**n` seconds times a
 random factor in [0.5, 1] (so parallel workers do not retry in lockstep), at least the server's
-`Retry-After` seconds when it sends one, and never more than `max_backoff`. HTTP 401, 403 and 404
-(bad key, unknown model or URL) would fail every request alike: `FatalBackendError` stops the run.
-Other 4xx, a malformed body and exhausted retries raise `BackendError` for that request only.
+`Retry-After` seconds when it sends one, and never more than `max_backoff`. What would fail every
+request alike raises `FatalBackendError`, which stops the run at once: no server at the URL
+(connection refused, unknown host, unreachable network) and HTTP 401, 403 and 404 (bad key,
+unknown model or URL). Other 4xx, a malformed body and exhausted retries raise `BackendError` for
+that request only.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import errno
 import http.client
 import json
 import os
@@ -54,6 +57,14 @@ class RetryPolicy:
   def delay(self, attempt: int, retry_after: float | None = None) -> float:
     wait = self.backoff * 2 ** attempt * random.uniform(0.5, 1.0)
     return min(self.max_backoff, max(wait, retry_after or 0.0))
+
+
+def _unreachable(error: BaseException) -> bool:
+  """Whether connecting failed because nothing serves the URL: refused, an unknown host (DNS),
+  no route. Every later request would fail the same way, so retrying only delays the error."""
+  return (isinstance(error, (ConnectionRefusedError, socket.gaierror))
+          or (isinstance(error, OSError) and error.errno in (errno.ENETUNREACH, errno.EHOSTUNREACH,
+                                                             errno.EADDRNOTAVAIL)))
 
 
 def _retry_after(headers: Any) -> float | None:
@@ -124,10 +135,14 @@ class HTTPBackend:
     except (TimeoutError, socket.timeout) as e:
       raise _Retryable(f"{self.url()}: no answer within {self.timeout} s", "timeout") from e
     except urllib.error.URLError as e:
+      if isinstance(e.reason, BaseException) and _unreachable(e.reason):
+        raise FatalBackendError(f"{self.url()}: cannot connect: {e.reason}", "no server") from e
       timed_out = isinstance(e.reason, (TimeoutError, socket.timeout))
       raise _Retryable(f"{self.url()}: {e.reason}", "timeout" if timed_out
                        else "connection error") from e
     except (ConnectionError, http.client.HTTPException) as e:
+      if _unreachable(e):
+        raise FatalBackendError(f"{self.url()}: cannot connect: {e}", "no server") from e
       raise _Retryable(f"{self.url()}: {e!r}", "connection error") from e
     try:
       return json.loads(raw)

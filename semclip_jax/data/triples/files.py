@@ -121,7 +121,7 @@ def write_records(table: Table, results: Mapping[str, Mapping[str, FieldResult]]
   if table.format != "array_record":
     raise ValueError(_SHARDS_NEED_RECORDS)
 
-  def reader(wanted):
+  def records(wanted):
     for index, row in enumerate(table.rows):
       if not wanted(index):
         yield None
@@ -132,8 +132,10 @@ def write_records(table: Table, results: Mapping[str, Mapping[str, FieldResult]]
                               image_key=record.get("image_key"))
 
   # The results belong to the settings: a folder holding shards of other answers is refused.
+  reader = lambda wanted: shard_writer.Counted(records(wanted), len(table.rows))
   return shard_writer.write_shards(reader, output_dir, {**settings, "results": _digest(results)},
-                                   records_per_shard=records_per_shard, log=log)
+                                   records_per_shard=records_per_shard, log=log,
+                                   desc="triples shards")
 
 
 def default_paths(output: str) -> tuple[str, str]:
@@ -170,7 +172,7 @@ def run(input_path: str, output: str, generator: Backend, verifier: Backend | No
   default_cache, stats_path = default_paths(output)
   cacheable = generator.cacheable or (verifier is not None and verifier.cacheable)
   with Cache(cache_path or default_cache) if cacheable else contextlib.nullcontext() as cache:
-    tool = TripleGenerator(generator, verifier, cache=cache, settings=settings, log=log,
+    tool = TripleGenerator(generator, verifier, cache=cache, settings=settings,
                            progress_every=progress_every)
     results = tool.run(row.get(caption_column) for row in table.rows)
   summary = tool.stats.summary()

@@ -15,7 +15,8 @@ checks with yes/no and regenerates what it rejects):
 
 Every model answer goes to the `Cache` as it arrives, so a rerun repeats no answered request. A
 request that fails on the backend (after its retries) fails its field without caching anything:
-rerunning retries it. Fields are worked on by a bounded thread pool.
+rerunning retries it. Fields are worked on by a bounded thread pool; `progress.Progress` reports
+the fields done, model calls, cached answers and failures, with rate and ETA, on stderr.
 """
 
 from __future__ import annotations
@@ -25,12 +26,12 @@ import concurrent.futures
 import dataclasses
 import string
 import threading
-import time
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Iterable, Mapping
 
 from semclip_jax.data.triples import cleaning
 from semclip_jax.data.triples.cache import Cache, prompt_key
 from semclip_jax.data.triples.protocol import Backend, BackendError, FatalBackendError, Request
+from semclip_jax.progress import Progress
 
 KINDS = ("paraphrase", "negation")
 GENERATED, REGENERATED, FAILED = "generated", "regenerated", "failed"
@@ -169,6 +170,12 @@ class Stats:
       else:
         self.calls[purpose] += 1
 
+  def totals(self) -> dict[str, int]:
+    """The progress line's counts: model calls sent, cached answers, failed fields."""
+    with self._lock:
+      return {"model_calls": sum(self.calls.values()), "cached": self.cache_hits,
+              "failed": sum(c["failed"] for c in self.counts.values())}
+
   def summary(self) -> dict[str, Any]:
     with self._lock:
       return {"counts": {k: dict(sorted(c.items())) for k, c in self.counts.items()},
@@ -182,10 +189,10 @@ class TripleGenerator:
 
   def __init__(self, generator: Backend, verifier: Backend | None = None, *,
                cache: Cache | None = None, settings: Settings = Settings(),
-               log: Callable[[str], Any] = print, progress_every: float = 30.0):
+               progress_every: float = 30.0):
     self.generator, self.verifier = generator, verifier or generator
-    self.cache, self.settings, self.log = cache, settings, log
-    self.progress_every = progress_every
+    self.cache, self.settings = cache, settings
+    self.progress_every = progress_every  # seconds between progress lines (off a terminal)
     self.stats = Stats()
 
   # -- one request ------------------------------------------------------------------------------
@@ -272,9 +279,10 @@ class TripleGenerator:
     unique = list(dict.fromkeys(c for c in captions if isinstance(c, str) and c.strip()))
     results: dict[str, dict[str, FieldResult]] = {c: {} for c in unique}
     tasks = ((c, k) for c in unique for k in KINDS)
-    total, done, last = 2 * len(unique), 0, time.monotonic()
     window = 2 * max(1, self.settings.concurrency)  # submitted but unfinished fields, at most
-    with concurrent.futures.ThreadPoolExecutor(max(1, self.settings.concurrency)) as pool:
+    with (concurrent.futures.ThreadPoolExecutor(max(1, self.settings.concurrency)) as pool,
+          Progress(2 * len(unique), "triples", unit="fields",
+                   interval_s=self.progress_every) as meter):
       pending: dict[concurrent.futures.Future, tuple[str, str]] = {}
       try:
         while True:
@@ -289,19 +297,10 @@ class TripleGenerator:
           for future in finished:
             caption, kind = pending.pop(future)
             results[caption][kind] = future.result()
-            done += 1
-          if time.monotonic() - last > self.progress_every:
-            last = time.monotonic()
-            self._progress(done, total)
+          meter.log(**self.stats.totals())
+          meter.update(len(finished))
       except BaseException:  # FatalBackendError, KeyboardInterrupt: drop what was not started
         for future in pending:
           future.cancel()
         raise
-    self._progress(done, total)
     return results
-
-  def _progress(self, done: int, total: int) -> None:
-    s = self.stats.summary()
-    failed = sum(c.get("failed", 0) for c in s["counts"].values())
-    self.log(f"{done}/{total} fields done; {sum(s['model_calls'].values())} model calls, "
-             f"{s['cache_hits']} cached answers, {failed} fields failed")
