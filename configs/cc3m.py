@@ -1,6 +1,8 @@
 """CC3M-scale SemCLIP training from ArrayRecord shards, sized for a TPU v4/v5 slice or 8 GPUs.
 
-Prepare the shards once (img2dataset WebDataset tars + the LLM triples file):
+Prepare the shards once (img2dataset WebDataset tars + the LLM triples file); WebDataset tars are
+split by the tars given, so the validation and test shards come from tars of their own, prepared
+the same way into .../val and .../test:
 
   python -m semclip_jax.data.prepare --format=webdataset --input=/data/cc3m/{00000..00331}.tar \\
       --triples=/data/cc3m/triples.jsonl --output_dir=gs://bucket/cc3m/train

@@ -1,8 +1,11 @@
 """The paper's CC-Neg fine-tuning: ViT-B/32 from LAION-2B weights, image tower frozen, SemCLIP.
 
 Data: the CC-Neg triples as a CSV in the paper's layout (`image_number, caption, paraphrased,
-negation`; image `{image_number:09d}.jpg`), or converted from the CoN-CLIP release with
-`python -m semclip_jax.data.prepare --format=ccneg_pt`. Launch (one GPU or TPU host):
+negation`; image `{image_number:09d}.jpg`), or ArrayRecord shards converted from the CoN-CLIP
+release with `python -m semclip_jax.data.prepare --format=ccneg_pt ... --split=all --ccneg_official
+--output_dir=shards` (train with `--config.data.kind=array_record --config.data.path=shards/train
+--config.data.eval_path=shards/val --config.data.test_path=shards/test`, the flags its last line
+prints). Launch (one GPU or TPU host):
 
   python -m semclip_jax.main --config=configs/ccneg.py --workdir=/tmp/ccneg \\
       --config.data.path=/data/ccneg/ccneg.csv --config.data.image_dir=/data/ccneg/images
