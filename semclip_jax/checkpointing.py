@@ -10,7 +10,6 @@ process died is never listed, hence never restored. The last `keep` checkpoints 
 
 from __future__ import annotations
 
-import json
 import os
 from typing import Any
 
@@ -86,8 +85,3 @@ def abstract_like(tree: Any) -> Any:
 def write_config(workdir: str, config_json: str) -> None:
   """Saves the run's config as `workdir/config.json` (atomically), beside the checkpoints."""
   atomic_io.write_text(os.path.join(workdir, "config.json"), config_json)
-
-
-def read_config_json(workdir: str) -> dict[str, Any]:
-  with open(os.path.join(workdir, "config.json"), encoding="utf-8") as f:
-    return json.load(f)
