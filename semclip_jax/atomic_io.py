@@ -11,6 +11,10 @@ rename wins. A write that raises removes its temporary file and leaves the targe
 - `open_replacing(path, mode)`: yields an open file;
 - `write_text(path, text)`, `write_json(path, value, **json_dump_options)`;
 - `remove_stray_temps(pattern)`: deletes what writes killed mid-way left behind.
+
+A remote target (`gs://`, see `storage`) is written to a local temporary file first and then
+uploaded as one object, which the store makes visible only when the upload is complete: the same
+guarantee, and nothing is ever left behind in the bucket.
 """
 
 from __future__ import annotations
@@ -21,7 +25,10 @@ import json
 import os
 import secrets
 import stat
+import tempfile
 from typing import IO, Any, Iterator
+
+from semclip_jax import storage
 
 TEMP_SUFFIX = ".tmp"
 
@@ -57,6 +64,12 @@ def replacing(path: str) -> Iterator[str]:
   """Yields a new temporary path beside `path` (its folder is created if missing); when the block
   ends normally, the file written there is synced and renamed onto `path`. When it raises, the
   temporary file is removed and `path` is untouched."""
+  if storage.is_remote(path):
+    with tempfile.TemporaryDirectory(prefix="semclip_upload_") as staging:
+      tmp = os.path.join(staging, storage.basename(path))
+      yield tmp
+      storage.upload(tmp, path)
+    return
   folder = os.path.dirname(os.path.abspath(path))
   os.makedirs(folder, exist_ok=True)
   tmp = _new_temp(path)
@@ -101,7 +114,10 @@ def write_json(path: str, value: Any, **options: Any) -> None:
 
 def remove_stray_temps(pattern: str) -> list[str]:
   """Deletes the temporary files of the targets matching the glob `pattern` (what a killed
-  writer left) and returns their names. Only for a folder no other process is writing to."""
+  writer left) and returns their names. Only for a folder no other process is writing to.
+  Remote targets never have any (their temporary files are local)."""
+  if storage.is_remote(pattern):
+    return []
   strays = glob.glob(f"{pattern}.*{TEMP_SUFFIX}")
   for stray in strays:
     _remove(stray)

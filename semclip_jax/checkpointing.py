@@ -10,13 +10,12 @@ process died is never listed, hence never restored. The last `keep` checkpoints 
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
 
-from semclip_jax import atomic_io
+from semclip_jax import atomic_io, storage
 
 STATE, DATA = "state", "data"
 
@@ -42,7 +41,8 @@ class Checkpointer:
         preservation_policy=ocp.checkpoint_managers.AnyPreservationPolicy(policies),
         best_fn=metric_of if best_metric else None, best_mode=best_mode,
         enable_async_checkpointing=async_save, create=True)
-    self.directory = os.path.abspath(directory)
+    # orbax reads gs:// itself (tensorstore for arrays, etils.epath for its metadata files).
+    self.directory = storage.absolute(storage.check(directory, "checkpoint directory"))
     self._manager = ocp.CheckpointManager(self.directory, options=options, item_names=(STATE, DATA))
 
   def latest_step(self) -> int | None:
@@ -84,4 +84,4 @@ def abstract_like(tree: Any) -> Any:
 
 def write_config(workdir: str, config_json: str) -> None:
   """Saves the run's config as `workdir/config.json` (atomically), beside the checkpoints."""
-  atomic_io.write_text(os.path.join(workdir, "config.json"), config_json)
+  atomic_io.write_text(storage.join(workdir, "config.json"), config_json)

@@ -20,7 +20,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from semclip_jax import data as data_lib
-from semclip_jax import objective, optim
+from semclip_jax import objective, optim, storage
 
 # The config files shipped with the package (the repository's configs/ folder, installed as this
 # package), found by name: `--config=shapes` works from any folder after `pip install`.
@@ -260,10 +260,9 @@ def run_config(workdir: str) -> ml_collections.ConfigDict:
   """The config a run saved in `workdir/config.json`, over `base_config()`'s defaults (fields
   added since the run was made take their defaults; JSON lists become tuples where the field is
   one)."""
-  path = os.path.join(workdir, RUN_CONFIG_FILE)
+  path = storage.join(workdir, RUN_CONFIG_FILE)
   try:
-    with open(path, encoding="utf-8") as f:
-      saved = json.load(f)
+    saved = json.loads(storage.read_text(path))
   except FileNotFoundError:
     raise FileNotFoundError(f"{path}: not found; {workdir} is not a training run's folder") from None
   except json.JSONDecodeError as e:

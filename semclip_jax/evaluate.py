@@ -41,7 +41,7 @@ from typing import Sequence
 
 import ml_collections
 
-from semclip_jax import train
+from semclip_jax import storage, train
 from semclip_jax import config as config_lib
 from semclip_jax.evaluators import EVALUATORS
 from semclip_jax.progress import HelpFormatter
@@ -71,9 +71,10 @@ class ModelSpec:
     path, _, arch = rest.partition("@")
     if not path:
       raise ValueError(f"--model entry {text!r} names no model")
+    storage.check(path, "--model")
     if not label:
-      label = os.path.basename(os.path.normpath(path))
-      label = os.path.splitext(label)[0] if os.path.isfile(path) else label
+      label = storage.basename(storage.normpath(path))
+      label = os.path.splitext(label)[0] if storage.isfile(path) else label
     return cls(label, path, arch)
 
   @property
@@ -85,24 +86,24 @@ class ModelSpec:
     """The training run this model is or sits in (`<run>` for `<run>` and `<run>/hf`)."""
     if self.is_workdir:
       return self.path
-    parent = os.path.dirname(os.path.normpath(self.path))
-    return parent if os.path.isdir(self.path) and is_run(parent) else None
+    parent = storage.dirname(storage.normpath(self.path))
+    return parent if storage.isdir(self.path) and is_run(parent) else None
 
   def default_out(self) -> str:
     """Where one model's results go without --out: the run itself, `<path>_eval` beside a local
     model, `eval_<org>--<name>` in the current folder for a hub id."""
     if self.is_workdir:
       return self.path
-    if os.path.exists(self.path):
-      stem = os.path.normpath(self.path)
-      return (os.path.splitext(stem)[0] if os.path.isfile(stem) else stem) + "_eval"
+    if storage.exists(self.path):
+      stem = storage.normpath(self.path)
+      return (os.path.splitext(stem)[0] if storage.isfile(stem) else stem) + "_eval"
     return "eval_" + re.sub(r"[^\w.-]+", "--", self.path.strip("/"))
 
 
 def is_run(path: str) -> bool:
   """Whether `path` is a training workdir: its config.json and checkpoints."""
-  return (os.path.isfile(os.path.join(path, config_lib.RUN_CONFIG_FILE))
-          and os.path.isdir(os.path.join(path, "checkpoints")))
+  return (storage.isfile(storage.join(path, config_lib.RUN_CONFIG_FILE))
+          and storage.isdir(storage.join(path, "checkpoints")))
 
 
 def parse_models(text: str) -> list[ModelSpec]:
@@ -201,7 +202,7 @@ def compare(specs: Sequence[ModelSpec], setting: Setting, out: str) -> dict[str,
   """Scores every model into <out>/<label> and writes the report of them all into <out>."""
   folders = {}
   for spec in specs:
-    folder = os.path.join(out, spec.label)
+    folder = storage.join(out, spec.label)
     print(f"== {spec.label}: {spec.path}{'@' + spec.arch if spec.arch else ''}", flush=True)
     score(spec, setting, folder)
     folders[spec.label] = folder
@@ -253,7 +254,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         spec = specs[0]
         out = args.out or spec.default_out()
         score(spec, setting, out)
-        print(f"results: {os.path.join(out, train.RESULTS_FILE)}")
+        print(f"results: {storage.join(out, train.RESULTS_FILE)}")
         return 0
   except (ValueError, KeyError, OSError) as e:  # bad input: one line, not a traceback
     print(f"python -m semclip_jax.evaluate: error: {e}", file=sys.stderr)

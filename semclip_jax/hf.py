@@ -3,21 +3,28 @@
 One table (`_TOP_LEVEL`, `_PER_BLOCK`) pairs each of our parameter paths with its HF tensor name
 and a transform; `name_map(config)` expands it for a config and both directions read it. Weights
 are read and written as safetensors only: a folder holding nothing but pickles is refused.
+Folders may be local or `gs://` (see `storage`): a bucket's folder is read from a temporary local
+copy of its safetensors and JSON files (`opened_folder`), and written through a local folder that
+is uploaded when complete (`save_hf_clip`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import fnmatch
 import json
 import os
-from typing import Any, Callable, Mapping, NamedTuple
+import shutil
+import tempfile
+from typing import Any, Callable, Iterator, Mapping, NamedTuple
 
 import jax.numpy as jnp
 import numpy as np
 import safetensors.numpy
 from flax import nnx
 
-from semclip_jax import atomic_io
+from semclip_jax import atomic_io, storage
 from semclip_jax.data.transforms import CLIP_MEAN, CLIP_STD
 from semclip_jax.models.clip import CLIP, clip_from_arrays
 from semclip_jax.models.model_config import CLIPConfig, TextConfig, VisionConfig
@@ -27,8 +34,9 @@ CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 WEIGHTS_INDEX_FILE = "model.safetensors.index.json"
 PREPROCESSOR_FILE = "preprocessor_config.json"
-# Files fetched from the hub: never the pickled `pytorch_model.bin`.
+# Files fetched from the hub (and from a gs:// folder): never the pickled `pytorch_model.bin`.
 HUB_PATTERNS = ["*.json", "*.safetensors", "*.txt"]
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -150,11 +158,62 @@ def resolve_folder(path_or_repo_id: str, revision: str | None = None) -> str:
                             f"the Hugging Face hub failed: {type(e).__name__}: {e}") from e
 
 
+def _no_weights(folder: str, names: list[str]) -> FileNotFoundError:
+  """The error for a folder (whose files are `names`) without safetensors weights."""
+  pickles = [n for n in sorted(names) if n.endswith(PICKLE_SUFFIXES)]
+  hint = (f" It holds only pickled weights ({', '.join(pickles)}), which semclip_jax never "
+          "unpickles; convert them to safetensors first (e.g. load in transformers and "
+          "save_pretrained(safe_serialization=True))." if pickles else "")
+  return FileNotFoundError(f"{folder}: no {WEIGHTS_FILE} or {WEIGHTS_INDEX_FILE}.{hint}")
+
+
+def _naming(error: BaseException, local: str, remote: str) -> BaseException:
+  """`error` with the local copy's folder replaced by the remote folder in its message (the same
+  type), so that errors name the files the user gave; `error` itself when it cannot be rebuilt."""
+  if len(error.args) != 1 or not isinstance(error.args[0], str) or local not in error.args[0]:
+    return error
+  try:
+    return type(error)(error.args[0].replace(local, remote))
+  except Exception:  # pylint: disable=broad-except  # an exception type with another signature
+    return error
+
+
+@contextlib.contextmanager
+def opened_folder(path_or_repo_id: str, revision: str | None = None) -> Iterator[str]:
+  """A local folder holding the checkpoint: `resolve_folder` for a local folder or a hub id; for
+  a `gs://` folder a temporary download of its weights, configs and tokenizer files (those of
+  HUB_PATTERNS: never pickles), removed afterwards. Errors raised in the block name the gs://
+  files, not the temporary ones."""
+  storage.check(path_or_repo_id, "Hugging Face CLIP folder")
+  if not storage.is_remote(path_or_repo_id):
+    yield resolve_folder(path_or_repo_id, revision)
+    return
+  remote = path_or_repo_id.rstrip("/")
+  try:
+    names = storage.listdir(remote)
+  except FileNotFoundError:
+    raise FileNotFoundError(f"{remote!r} is not a folder holding a Hugging Face CLIP checkpoint "
+                            "(no objects under it)") from None
+  if WEIGHTS_FILE not in names and WEIGHTS_INDEX_FILE not in names:
+    raise _no_weights(remote, names)
+  with tempfile.TemporaryDirectory(prefix="semclip_hf_") as local:
+    for name in names:
+      if any(fnmatch.fnmatchcase(name, pattern) for pattern in HUB_PATTERNS):
+        with storage.open(storage.join(remote, name), "rb") as src, \
+            open(os.path.join(local, name), "wb") as dst:
+          shutil.copyfileobj(src, dst, 16 << 20)
+    try:
+      yield local
+    except (OSError, ValueError, KeyError) as e:
+      raise _naming(e, local, remote) from e
+
+
 def read_config(folder: str) -> CLIPConfig:
-  path = os.path.join(folder, CONFIG_FILE)
-  if not os.path.isfile(path):
+  """Our `CLIPConfig` of a HF folder's config.json (a local or gs:// folder)."""
+  path = storage.join(folder, CONFIG_FILE)
+  if not storage.isfile(path):
     raise FileNotFoundError(f"{path}: no {CONFIG_FILE}; not a Hugging Face model folder")
-  with open(path, encoding="utf-8") as f:
+  with storage.open(path, encoding="utf-8") as f:
     try:
       values = json.load(f)
     except json.JSONDecodeError as e:
@@ -163,7 +222,8 @@ def read_config(folder: str) -> CLIPConfig:
 
 
 def _weight_files(folder: str) -> dict[str, str]:
-  """HF tensor name -> the safetensors file that holds it (single file or sharded index)."""
+  """HF tensor name -> the safetensors file that holds it (single file or sharded index), in a
+  local folder (safetensors opens local files only: see `opened_folder` for gs://)."""
   single, index = os.path.join(folder, WEIGHTS_FILE), os.path.join(folder, WEIGHTS_INDEX_FILE)
   if os.path.isfile(single):
     with safetensors.safe_open(single, framework="numpy") as f:
@@ -174,11 +234,7 @@ def _weight_files(folder: str) -> dict[str, str]:
     if not isinstance(weight_map, dict):
       raise ValueError(f"{index}: has no 'weight_map' object")
     return {name: os.path.join(folder, shard) for name, shard in weight_map.items()}
-  pickles = [n for n in sorted(os.listdir(folder)) if n.endswith((".bin", ".pt", ".pth", ".ckpt"))]
-  hint = (f" It holds only pickled weights ({', '.join(pickles)}), which semclip_jax never "
-          "unpickles; convert them to safetensors first (e.g. load in transformers and "
-          "save_pretrained(safe_serialization=True))." if pickles else "")
-  raise FileNotFoundError(f"{folder}: no {WEIGHTS_FILE} or {WEIGHTS_INDEX_FILE}.{hint}")
+  raise _no_weights(folder, os.listdir(folder))
 
 
 def read_hf_tensors(folder: str, names: list[str]) -> dict[str, tuple[np.ndarray, str]]:
@@ -208,29 +264,31 @@ def read_hf_tensors(folder: str, names: list[str]) -> dict[str, tuple[np.ndarray
 # Public API.
 # ----------------------------------------------------------------------------------------------
 def load_hf_clip(path_or_repo_id: str, *, dtype=jnp.float32, revision: str | None = None) -> CLIP:
-  """Builds our `CLIP` from a HF CLIP folder (config.json + safetensors) or a hub id.
+  """Builds our `CLIP` from a HF CLIP folder (config.json + safetensors; local or gs://) or a
+  hub id.
 
   Every parameter is checked (present, right shape, nothing extra) before any is placed, so a bad
   folder raises naming the file and tensor and never yields a half-loaded model. Parameters are
   float32 whatever the file's dtype; `dtype` is the compute dtype.
   """
-  folder = resolve_folder(path_or_repo_id, revision)
-  config = read_config(folder)
-  abstract = nnx.eval_shape(lambda: CLIP(config, rngs=nnx.Rngs(0)))
-  table = name_map(config)
-  flat = [(path_str(path), variable) for path, variable in nnx.to_flat_state(nnx.state(abstract))]
-  tensors = read_hf_tensors(folder, [table[path][0] for path, _ in flat])
-  values = {}
-  for path, variable in flat:
-    hf_name, transform = table[path]
-    array, file = tensors[hf_name]
-    value = transform.from_hf(array)
-    if value.shape != variable.shape:
-      raise ValueError(f"{file}: tensor {hf_name} has shape {tuple(array.shape)}, but config.json "
-                       f"implies {tuple(transform.to_hf(np.empty(variable.shape)).shape)}")
-    if not np.issubdtype(array.dtype, np.floating) and array.dtype.name != "bfloat16":
-      raise ValueError(f"{file}: tensor {hf_name} has non-float dtype {array.dtype}")
-    values[path] = value
+  with opened_folder(path_or_repo_id, revision) as folder:
+    config = read_config(folder)
+    abstract = nnx.eval_shape(lambda: CLIP(config, rngs=nnx.Rngs(0)))
+    table = name_map(config)
+    flat = [(path_str(path), variable) for path, variable in nnx.to_flat_state(nnx.state(abstract))]
+    tensors = read_hf_tensors(folder, [table[path][0] for path, _ in flat])
+    values = {}
+    for path, variable in flat:
+      hf_name, transform = table[path]
+      array, file = tensors[hf_name]
+      value = transform.from_hf(array)
+      if value.shape != variable.shape:
+        raise ValueError(f"{file}: tensor {hf_name} has shape {tuple(array.shape)}, but "
+                         f"config.json implies "
+                         f"{tuple(transform.to_hf(np.empty(variable.shape)).shape)}")
+      if not np.issubdtype(array.dtype, np.floating) and array.dtype.name != "bfloat16":
+        raise ValueError(f"{file}: tensor {hf_name} has non-float dtype {array.dtype}")
+      values[path] = value
   return clip_from_arrays(config, values, dtype=dtype)
 
 
@@ -259,16 +317,21 @@ def save_hf_clip(model: CLIP, out_dir: str, tokenizer=None) -> str:
 
   `tokenizer` is a `semclip_jax.data.tokenizer.CLIPTokenizer`; by default the vendored CLIP BPE
   tokenizer is written, so the folder is always complete. Returns `out_dir`.
+
+  A `gs://` `out_dir` is written to a local temporary folder first, whose files are then uploaded
+  (one object each, complete or absent) when every file is written; a save that raises uploads
+  nothing.
   """
   from semclip_jax.data.tokenizer import CLIPTokenizer  # pylint: disable=import-outside-toplevel
 
-  os.makedirs(out_dir, exist_ok=True)
-  with atomic_io.replacing(os.path.join(out_dir, WEIGHTS_FILE)) as tmp:
-    safetensors.numpy.save_file(hf_state_dict(model), tmp, metadata={"format": "pt"})
-  json_options = dict(indent=2, sort_keys=True)
-  atomic_io.write_json(os.path.join(out_dir, CONFIG_FILE), config_to_hf(model.config),
-                       **json_options)
-  atomic_io.write_json(os.path.join(out_dir, PREPROCESSOR_FILE),
-                       preprocessor_config(model.config.vision.image_size), **json_options)
-  (tokenizer or CLIPTokenizer()).save_pretrained(out_dir)
+  storage.check(out_dir, "Hugging Face export folder")
+  with storage.writing_folder(out_dir) as folder:
+    with atomic_io.replacing(os.path.join(folder, WEIGHTS_FILE)) as tmp:
+      safetensors.numpy.save_file(hf_state_dict(model), tmp, metadata={"format": "pt"})
+    json_options = dict(indent=2, sort_keys=True)
+    atomic_io.write_json(os.path.join(folder, CONFIG_FILE), config_to_hf(model.config),
+                         **json_options)
+    atomic_io.write_json(os.path.join(folder, PREPROCESSOR_FILE),
+                         preprocessor_config(model.config.vision.image_size), **json_options)
+    (tokenizer or CLIPTokenizer()).save_pretrained(folder)
   return out_dir

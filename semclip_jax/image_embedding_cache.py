@@ -23,6 +23,12 @@ atomically, errors first: the `.npy` marks a finished shard, so a killed build c
 the missing shards only. Process p of P builds the shards j ≡ p (mod P) with its own devices,
 then all wait at one barrier (the cache folder must be shared, as the workdir is).
 
+A `gs://` cache folder (under a gs:// workdir, or `data.image_embedding_cache_dir`) works the same
+way: each file is written locally and uploaded as one object, which the bucket shows only when
+complete, so the `.npy` still marks a finished shard. Readers memory-map the shards, which needs
+local files: `CachedSource` reads checked local copies (`storage.cached_local_copy`, in the host's
+cache, reused while the objects are unchanged), downloaded once when it is built.
+
 The train state is untouched (the frozen parameters stay in it), so checkpoints of cached and
 uncached runs are interchangeable and a run may switch the cache on or off when it resumes.
 """
@@ -44,7 +50,7 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from semclip_jax import atomic_io, sharding, train_step
+from semclip_jax import atomic_io, sharding, storage, train_step
 from semclip_jax.data import input_pipeline, sources
 from semclip_jax.data.tokenizer import CLIPTokenizer
 
@@ -158,12 +164,19 @@ class ImageEmbeddingCache:
     self.num_shards = max(1, -(-len(plan.keys) // shard_rows))
 
   def shard_path(self, j: int) -> str:
-    return os.path.join(self.folder, f"shard-{j:05d}-of-{self.num_shards:05d}.npy")
+    return storage.join(self.folder, f"shard-{j:05d}-of-{self.num_shards:05d}.npy")
 
   def errors_path(self, j: int) -> str:
     return self.shard_path(j)[:-len(".npy")] + ".errors.json"
 
   def missing_shards(self) -> list[int]:
+    if storage.is_remote(self.folder):  # one listing, not one request per shard
+      try:
+        present = set(storage.listdir(self.folder))
+      except FileNotFoundError:
+        present = set()
+      return [j for j in range(self.num_shards)
+              if storage.basename(self.shard_path(j)) not in present]
     return [j for j in range(self.num_shards) if not os.path.exists(self.shard_path(j))]
 
   def build(self, source, preprocess: input_pipeline.Preprocess,
@@ -173,8 +186,8 @@ class ImageEmbeddingCache:
     read with `preprocess` (as training reads it), `encode`d (uint8 [batch_size, S, S, 3] ->
     float32 [batch_size, dim]) in full batches. Returns the shards written."""
     mine = [j for j in self.missing_shards() if j % process_count == process_index]
-    os.makedirs(self.folder, exist_ok=True)
-    atomic_io.remove_stray_temps(os.path.join(self.folder, "shard-*"))  # a killed build's
+    storage.makedirs(self.folder)
+    atomic_io.remove_stray_temps(storage.join(self.folder, "shard-*"))  # a killed build's
     for j in mine:
       records = self.plan.first_record[j * self.shard_rows:(j + 1) * self.shard_rows]
       table = np.zeros((len(records), dim), np.float32)  # rows of unreadable images stay 0
@@ -202,14 +215,18 @@ class ImageEmbeddingCache:
 class CachedSource:
   """grain source over `source`'s records with their image's cached embedding ("image_embedding",
   float32 [D]) instead of the image, or an "error" for an image that could not be read. No image
-  is read or drawn. Shards are memory-mapped on first use, in each process that reads them."""
+  is read or drawn. Shards are memory-mapped on first use, in each process that reads them; a
+  gs:// cache's files are first copied to the host's disk (`storage.cached_local_copy`), here."""
 
   def __init__(self, source, cache: ImageEmbeddingCache):
     self.source = source
     self.folder = cache.folder
     self.row_of = cache.plan.row_of
     self.shard_rows = cache.shard_rows
-    self._paths = [(cache.shard_path(j), cache.errors_path(j)) for j in range(cache.num_shards)]
+    files = storage.cached_local_copy(  # local paths as they are
+        [path for j in range(cache.num_shards)
+         for path in (cache.shard_path(j), cache.errors_path(j))])
+    self._paths = list(zip(files[::2], files[1::2]))
     self._shards: dict[int, tuple[np.ndarray, dict[str, str]]] = {}
 
   def __len__(self) -> int:
@@ -272,9 +289,10 @@ def prepare(config: ml_collections.ConfigDict, workdir: str, graphdef: nnx.Graph
   parts = {"format": FORMAT_VERSION, "tower": weights_fingerprint(state.rest["model"]["vision"]),
            "dtype": config.model.dtype, "transform": transform_of(config.data),
            "records": len(plan.row_of), "keys": plan.keys_hash()}
-  root = config.data.get("image_embedding_cache_dir") or os.path.join(workdir,
+  root = config.data.get("image_embedding_cache_dir") or storage.join(workdir,
                                                                         "image_embedding_cache")
-  cache = ImageEmbeddingCache(os.path.join(root, fingerprint(parts)[:24]), plan)
+  storage.check(root, "config.data.image_embedding_cache_dir")
+  cache = ImageEmbeddingCache(storage.join(root, fingerprint(parts)[:24]), plan)
   built = []
   if cache.missing_shards():
     preprocess = input_pipeline.Preprocess(
@@ -294,9 +312,9 @@ def prepare(config: ml_collections.ConfigDict, workdir: str, graphdef: nnx.Graph
     raise ImageEmbeddingCacheError(
         f"image embedding cache {cache.folder}: shard(s) {missing[:5]} missing after the build; "
         "every process must see the same cache folder (config.data.image_embedding_cache_dir "
-        "on a shared filesystem)")
+        "on a shared filesystem, or gs://)")
   if jax.process_index() == 0:
-    atomic_io.write_json(os.path.join(cache.folder, "meta.json"), parts, indent=2)
+    atomic_io.write_json(storage.join(cache.folder, "meta.json"), parts, indent=2)
   logger.info("image embedding cache %s: %d records, %d distinct images, %d shards (%d built "
               "here) in %.1f s", cache.folder, len(plan.row_of), len(plan.keys), cache.num_shards,
               len(built), time.perf_counter() - start)

@@ -24,21 +24,22 @@ import numpy as np
 from PIL import Image
 
 from semclip_jax import data as data_lib
+from semclip_jax import storage
 from semclip_jax.data.input_pipeline import Preprocess
 from semclip_jax.data.tokenizer import CLIPTokenizer
 from semclip_jax.data.transforms import normalize
 from semclip_jax.evaluators.embed import Encoder
 from semclip_jax.models.clip import CLIP
 
-ImageLike = Any  # a file path, encoded bytes, a PIL image or a uint8 [H, W, 3] array
+# A file path (local or gs://), encoded bytes, a PIL image or a uint8 [H, W, 3] array.
+ImageLike = Any
 
 
 def _encoded(image: ImageLike, index: int) -> bytes | np.ndarray:
   """What `Preprocess.pixels` reads: encoded bytes or a uint8 pixel array."""
   if isinstance(image, (str, os.PathLike)):
     try:
-      with open(image, "rb") as f:
-        return f.read()
+      return storage.read_bytes(image)  # a local path or gs://
     except OSError as e:
       raise ValueError(f"image {index} ({image}): {e.strerror or e}") from None
   if isinstance(image, Image.Image):

@@ -25,6 +25,7 @@ from absl import logging as absl_logging
 from ml_collections import config_flags
 
 from semclip_jax import config as config_lib
+from semclip_jax import storage
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "A config file or packaged config name, with an optional ':argument' "
@@ -49,6 +50,19 @@ def _is_multiprocess_environment() -> bool:
           or len(env.get("TPU_WORKER_HOSTNAMES", "").split(",")) > 1)
 
 
+def initialize_distributed() -> None:
+  """jax.distributed.initialize(), with the process count and this process's index from
+  JAX_NUM_PROCESSES and JAX_PROCESS_ID when set: JAX itself reads only JAX_COORDINATOR_ADDRESS,
+  and takes the rest from a cluster it detects (SLURM, a TPU pod, Open MPI, Kubernetes). Also
+  starts JAX's preemption notifier: a SIGTERM to any process stops all at one step (preemption)."""
+  env, kwargs = os.environ, {}
+  if env.get("JAX_NUM_PROCESSES"):
+    kwargs["num_processes"] = int(env["JAX_NUM_PROCESSES"])
+  if env.get("JAX_PROCESS_ID"):
+    kwargs["process_id"] = int(env["JAX_PROCESS_ID"])
+  jax.distributed.initialize(**kwargs)
+
+
 def _flag_value(argv: Sequence[str], name: str) -> tuple[int, str | None]:
   """(index, value) of `--name=value` or `--name value` in argv; (-1, None) when absent."""
   for i, arg in enumerate(argv):
@@ -71,7 +85,8 @@ def resolve_config_flag(argv: Sequence[str]) -> list[str]:
     return argv
   if index < 0:
     _, workdir = _flag_value(argv, "workdir")
-    if workdir and os.path.isfile(os.path.join(workdir, config_lib.RUN_CONFIG_FILE)):
+    if (workdir and storage.scheme(workdir) in ("", *storage.REMOTE_SCHEMES)
+        and storage.isfile(storage.join(workdir, config_lib.RUN_CONFIG_FILE))):
       # Before every --config.<field> override: config_flags requires that order.
       argv.insert(1, f"--config={config_lib.config_file('workdir')}:{workdir}")
   return argv
@@ -82,11 +97,15 @@ def main(argv) -> None:
   # Our progress at INFO; orbax's and grain's per-save chatter (absl logging) only when it matters.
   absl_logging.set_verbosity(absl_logging.WARNING)
   logging.getLogger("semclip_jax").setLevel(logging.INFO)
+  try:  # before anything is created: never a local folder named "gs:" or "s3:"
+    storage.check(_WORKDIR.value or "", "--workdir")
+  except storage.UnsupportedPathError as e:
+    sys.exit(f"python -m semclip_jax.main: error: {e}")
   if _CONFIG.value is None:
     raise app.UsageError("give --config (a config file or name, e.g. --config=shapes), or a "
                          "--workdir that holds a run's config.json")
   if _DISTRIBUTED.value == "yes" or (_DISTRIBUTED.value == "auto" and _is_multiprocess_environment()):
-    jax.distributed.initialize()
+    initialize_distributed()
   logging.info("process %d of %d; %d local of %d devices: %s", jax.process_index(),
                jax.process_count(), jax.local_device_count(), jax.device_count(),
                jax.local_devices())
@@ -103,7 +122,7 @@ def main(argv) -> None:
       url = train.push_to_hub(_CONFIG.value, _WORKDIR.value, _PUSH_TO_HUB.value)
     except (ValueError, model_card.PushToHubError) as e:  # one line, not a traceback
       sys.exit(f"python -m semclip_jax.main: error: --push_to_hub: {e}")
-    logging.info("pushed %s to %s", os.path.join(_WORKDIR.value, "hf"), url)
+    logging.info("pushed %s to %s", storage.join(_WORKDIR.value, "hf"), url)
 
 
 def run() -> None:

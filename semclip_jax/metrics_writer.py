@@ -1,19 +1,27 @@
-"""Training and evaluation metrics: one JSONL file and TensorBoard event files (no TensorFlow)."""
+"""Training and evaluation metrics: one JSONL file and TensorBoard event files (no TensorFlow).
+
+In a `gs://` workdir both files are objects rewritten whole (objects cannot be appended to):
+at most every `REMOTE_UPLOAD_INTERVAL_S` seconds, at every `sync` (the training loop syncs
+before each checkpoint save, so a resumed run finds every line up to its checkpoint) and at
+`close`.
+"""
 
 from __future__ import annotations
 
 import json
 import math
-import os
+import threading
 import time
+import weakref
 from typing import Mapping
 
-from semclip_jax import atomic_io
+from semclip_jax import atomic_io, storage
 
 METRICS_FILE = "metrics.jsonl"
 # TensorBoard groups scalars by the part before the first "/": evaluation metrics come keyed
 # val/... and test/..., training metrics bare (as in metrics.jsonl) and are shown under train/.
 TRAIN_PREFIX = "train/"
+REMOTE_UPLOAD_INTERVAL_S = 30.0
 
 
 class MetricsWriter:
@@ -32,30 +40,86 @@ class MetricsWriter:
     self.enabled = enabled
     self._tb = None
     if enabled:
-      os.makedirs(workdir, exist_ok=True)
-      self.path = os.path.join(workdir, METRICS_FILE)
+      storage.makedirs(workdir)
+      self.path = storage.join(workdir, METRICS_FILE)
       if resume_step is not None:
         drop_after(self.path, resume_step, evaluations_at_step=redo_evaluations)
+      self._remote = (storage.RewrittenObject(self.path, min_interval_s=REMOTE_UPLOAD_INTERVAL_S)
+                      if storage.is_remote(workdir) else None)
       from tensorboardX import SummaryWriter  # pylint: disable=import-outside-toplevel
 
-      self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+      _register_remote_event_files()
+      self._tb = SummaryWriter(storage.join(workdir, "tensorboard"))
 
   def write(self, step: int, metrics: Mapping[str, float]) -> None:
     if not self.enabled:
       return
     values = {k: float(v) for k, v in metrics.items()}
-    with open(self.path, "a", encoding="utf-8") as f:
-      # NaN/Inf are written as strings: JSON has no literal for them.
-      f.write(json.dumps({"step": step, "time": round(time.time(), 3),
-                          **{k: v if math.isfinite(v) else str(v) for k, v in values.items()}})
-              + "\n")
+    # NaN/Inf are written as strings: JSON has no literal for them.
+    line = json.dumps({"step": step, "time": round(time.time(), 3),
+                       **{k: v if math.isfinite(v) else str(v) for k, v in values.items()}}) + "\n"
+    if self._remote is not None:
+      self._remote.write(line)
+      self._remote.flush()
+    else:
+      with open(self.path, "a", encoding="utf-8") as f:
+        f.write(line)
     for name, value in values.items():
       self._tb.add_scalar(name if "/" in name else TRAIN_PREFIX + name, value, step)
     self._tb.flush()
 
+  def sync(self) -> None:
+    """Uploads what a `gs://` workdir's files have not received yet (nothing to do locally)."""
+    if self.enabled and self._remote is not None:
+      self._remote.flush(force=True)
+      self._tb.flush()
+      for events in list(_RemoteEventFile.open_files):
+        events.flush(force=True)
+
   def close(self) -> None:
     if self._tb is not None:
+      self.sync()
       self._tb.close()
+
+
+class _RemoteEventFile(storage.RewrittenObject):
+  """A TensorBoard event file in a bucket, for tensorboardX's record writer: written by its
+  flushing thread and by ours, so under a lock."""
+
+  open_files: "weakref.WeakSet[_RemoteEventFile]" = weakref.WeakSet()
+
+  def __init__(self, path: str):
+    super().__init__(path, binary=True, min_interval_s=REMOTE_UPLOAD_INTERVAL_S,
+                     keep_existing=False)  # each writer names a new file
+    self._lock = threading.Lock()
+    _RemoteEventFile.open_files.add(self)
+
+  def write(self, data) -> int:
+    with self._lock:
+      return super().write(data)
+
+  def flush(self, force: bool = False) -> None:
+    with self._lock:
+      super().flush(force)
+
+
+class _RemoteEventFiles:
+  """tensorboardX's writer factory interface: `open(path)`, `directory_check(path)`."""
+
+  def open(self, path: str) -> _RemoteEventFile:
+    return _RemoteEventFile(path)
+
+  def directory_check(self, path: str) -> None:
+    del path  # prefixes need no folder
+
+
+def _register_remote_event_files() -> None:
+  """Routes tensorboardX's gs:// event files through `storage` (tensorboardX's own GCS writer
+  would bring a second client, google-cloud-storage, with credentials of its own)."""
+  from tensorboardX import record_writer  # pylint: disable=import-outside-toplevel
+
+  for kind in storage.REMOTE_SCHEMES:
+    record_writer.register_writer_factory(kind, _RemoteEventFiles())
 
 
 def drop_after(path: str, step: int, *, evaluations_at_step: bool = False) -> None:
@@ -63,10 +127,9 @@ def drop_after(path: str, step: int, *, evaluations_at_step: bool = False) -> No
   with `evaluations_at_step`, without the evaluation lines (val/..., test/... keys) of `step`
   itself: those an interrupted final round wrote and the rerun writes again. A missing file is
   left missing; a torn last line (a killed writer) is dropped."""
-  if not os.path.isfile(path):
+  if not storage.isfile(path):
     return
-  with open(path, encoding="utf-8") as f:
-    lines = [line for line in f if line.strip()]
+  lines = [line + "\n" for line in storage.read_text(path).split("\n") if line.strip()]
   kept = []
   for line in lines:
     record = _record(line)
@@ -89,8 +152,8 @@ def _record(line: str) -> dict | None:
 
 
 def read_metrics(workdir: str) -> list[dict[str, float]]:
-  with open(os.path.join(workdir, METRICS_FILE), encoding="utf-8") as f:
-    return [json.loads(line) for line in f if line.strip()]
+  text = storage.read_text(storage.join(workdir, METRICS_FILE))
+  return [json.loads(line) for line in text.split("\n") if line.strip()]
 
 
 def results_table(results: Mapping[str, float], title: str = "") -> str:

@@ -8,6 +8,9 @@
   one commit; a folder that is not a Hugging Face CLIP export is refused before any network call,
   and a failure of the Hub comes out as one `PushToHubError` naming the repo and the endpoint.
 
+The export folder may be local or `gs://` (see `storage`): the card is uploaded as one object, and
+a bucket's export is downloaded to a temporary folder that is then pushed.
+
 `config` is the run's config as a plain dict (`workdir/config.json`, or `ConfigDict.to_dict()`);
 `results` is `workdir/results.json`: "step" and metrics keyed "val/<eval>/<metric>" (validation
 rounds) and "test/<eval>/<metric>" (the test round, scored once at the end). This module reads
@@ -24,7 +27,7 @@ import os
 import re
 from typing import Any, Mapping
 
-from semclip_jax import atomic_io
+from semclip_jax import atomic_io, storage
 
 # `license` is the Hub's metadata key, and the keyword of the card functions.
 # pylint: disable=redefined-builtin
@@ -183,7 +186,8 @@ def _starting_point(model: Mapping[str, Any], config: Mapping[str, Any]) -> str:
     return f"fine-tuned from [{hub_id}](https://huggingface.co/{hub_id})"
   if init_from:
     arch = f" (open_clip architecture `{model['init_arch']}`)" if model.get("init_arch") else ""
-    return (f"fine-tuned from a local checkpoint, `{init_from}`{arch}: not a Hub model, so the "
+    where = "a checkpoint in a bucket" if storage.is_remote(init_from) else "a local checkpoint"
+    return (f"fine-tuned from {where}, `{init_from}`{arch}: not a Hub model, so the "
             "card names no base_model")
   preset = f" `{model['preset']}` preset" if model.get("preset") else ""
   seed = f", initialisation seed {config['seed']}" if "seed" in config else ""
@@ -431,17 +435,18 @@ def write_model_card(folder: str, config: Mapping[str, Any], results: Mapping[st
   the card will be pushed (by default the snippets load `folder` as given). The architecture
   line reads `folder/config.json` when the export is already there.
   """
+  storage.check(folder, "model card folder")
   hf_config = None
-  config_path = os.path.join(folder, REQUIRED_FILES[0])
-  if os.path.isfile(config_path):
+  config_path = storage.join(folder, REQUIRED_FILES[0])
+  if storage.isfile(config_path):
     try:
-      with open(config_path, encoding="utf-8") as f:
+      with storage.open(config_path, encoding="utf-8") as f:
         hf_config = json.load(f)
     except (OSError, ValueError) as e:  # the card still says everything else
       logger.warning("%s: not read for the model card's architecture line: %s", config_path, e)
   text = model_card_text(config, results, license=license, model_id=repo_id or folder,
                          hf_config=hf_config)
-  path = os.path.join(folder, CARD_FILE)
+  path = storage.join(folder, CARD_FILE)
   atomic_io.write_text(path, text)
   return path
 
@@ -451,11 +456,13 @@ def write_model_card(folder: str, config: Mapping[str, Any], results: Mapping[st
 # ----------------------------------------------------------------------------------------------
 def check_export_folder(folder: str) -> None:
   """Raises ValueError unless `folder` holds a Hugging Face CLIP export (config.json and
-  model.safetensors)."""
-  if not os.path.isdir(folder):
+  model.safetensors); `folder` may be local or gs://."""
+  storage.check(folder, "export folder")
+  if not storage.isdir(folder):
     raise ValueError(f"{folder}: not a folder; push the Hugging Face export (workdir/hf, written "
                      "at the end of training or by --mode=export)")
-  missing = [name for name in REQUIRED_FILES if not os.path.isfile(os.path.join(folder, name))]
+  missing = [name for name in REQUIRED_FILES
+             if not storage.isfile(storage.join(folder, name))]
   if missing:
     raise ValueError(f"{folder}: no {' or '.join(missing)}; not a Hugging Face CLIP export "
                      "(workdir/hf, written at the end of training or by --mode=export)")
@@ -469,9 +476,10 @@ def push_to_hub(folder: str, repo_id: str, *, token: str | None = None, private:
 
   `private` applies when the repo is created (an existing repo keeps its visibility). `token`:
   by default the saved login or $HF_TOKEN; `endpoint`: by default $HF_ENDPOINT or
-  https://huggingface.co. Temporary files of interrupted atomic writes are not uploaded. Raises
-  ValueError for a folder that is not an export, or an invalid repo id, before any network call;
-  PushToHubError when the Hub cannot be reached or refuses.
+  https://huggingface.co. Temporary files of interrupted atomic writes are not uploaded. A
+  `gs://` folder is checked in the bucket, then downloaded to a temporary folder, which is pushed.
+  Raises ValueError for a folder that is not an export, or an invalid repo id, before any network
+  call to the Hub; PushToHubError when the Hub cannot be reached or refuses.
   """
   check_export_folder(folder)
   from huggingface_hub import HfApi, constants  # pylint: disable=import-outside-toplevel
@@ -481,7 +489,7 @@ def push_to_hub(folder: str, repo_id: str, *, token: str | None = None, private:
     validate_repo_id(repo_id)
   except ValueError as e:
     raise ValueError(f"{repo_id!r} is not a Hub repo id ('namespace/name'): {e}") from e
-  if not os.path.isfile(os.path.join(folder, CARD_FILE)):
+  if not storage.isfile(storage.join(folder, CARD_FILE)):
     logger.warning("%s has no %s: the repo will have no model card (write_model_card)", folder,
                    CARD_FILE)
   api = HfApi(endpoint=endpoint, token=token)
@@ -489,11 +497,12 @@ def push_to_hub(folder: str, repo_id: str, *, token: str | None = None, private:
   if constants.is_offline_mode():  # huggingface_hub would refuse each request; say it once
     raise PushToHubError(f"cannot push {folder} to {where}: offline mode is on (HF_HUB_OFFLINE or "
                          "TRANSFORMERS_OFFLINE is set); unset it to push")
-  try:
-    api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
-    info = api.upload_folder(folder_path=folder, repo_id=repo_id, repo_type="model",
-                             commit_message=commit_message,
-                             ignore_patterns=[f"*{atomic_io.TEMP_SUFFIX}"])
-  except Exception as e:  # httpx, HfHubHTTPError, xet, bad metadata: one error, one message
-    raise PushToHubError(f"pushing {folder} to {where} failed: {type(e).__name__}: {e}") from e
+  with storage.local_folder_copy(folder) as local:  # `folder` itself when local
+    try:
+      api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
+      info = api.upload_folder(folder_path=local, repo_id=repo_id, repo_type="model",
+                               commit_message=commit_message,
+                               ignore_patterns=[f"*{atomic_io.TEMP_SUFFIX}"])
+    except Exception as e:  # httpx, HfHubHTTPError, xet, bad metadata: one error, one message
+      raise PushToHubError(f"pushing {folder} to {where} failed: {type(e).__name__}: {e}") from e
   return str(info.commit_url)

@@ -23,6 +23,9 @@ parameter is placed; an error names the file and the tensor. Text is pooled at t
 id (OpenAI's argmax, our `TextConfig.eos_token_id=2` rule). `save_openclip` writes a folder that
 `open_clip.create_model_and_transforms("local-dir:<folder>")`, or `(<arch>, pretrained=<folder>/
 open_clip_model.safetensors)` for a standard architecture, loads as is.
+
+Files and folders may be local or `gs://` (see `storage`): a bucket's checkpoint is read from a
+temporary local copy, and each exported file is uploaded as one object once written.
 """
 
 from __future__ import annotations
@@ -30,7 +33,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import zipfile
 from typing import Any, Callable, Mapping, NamedTuple, Sequence
 
@@ -40,7 +42,7 @@ import safetensors
 import safetensors.numpy
 from flax import nnx
 
-from semclip_jax import atomic_io, torch_files
+from semclip_jax import atomic_io, storage, torch_files
 from semclip_jax.data.transforms import NORMALIZATIONS
 from semclip_jax.models.clip import CLIP, clip_from_arrays
 from semclip_jax.models.model_config import CLIPConfig, TextConfig, VisionConfig
@@ -249,7 +251,7 @@ def infer_model_cfg(shapes: Mapping[str, tuple[int, ...]], source: str) -> dict[
 
 def _read_json(path: str) -> Any:
   try:
-    with open(path, encoding="utf-8") as f:
+    with storage.open(path, encoding="utf-8") as f:
       return json.load(f)
   except (OSError, json.JSONDecodeError) as e:
     raise CheckpointError(f"{path}: cannot read the open_clip config: {e}") from e
@@ -268,8 +270,8 @@ def resolve_model_cfg(arch: str, weights_path: str, shapes: Mapping[str, tuple[i
     raise CheckpointError(f"{weights_path}: unknown architecture {arch!r}; "
                           + GIVE_ARCH.format(", ".join(ARCHS))
                           + ", or none to infer it from the tensor shapes")
-  beside = os.path.join(os.path.dirname(os.path.abspath(weights_path)), CONFIG_FILE)
-  if os.path.isfile(beside):
+  beside = storage.join(storage.dirname(storage.absolute(weights_path)), CONFIG_FILE)
+  if storage.isfile(beside):
     values = _read_json(beside)
     if not isinstance(values, dict) or "model_cfg" not in values:
       raise CheckpointError(f"{beside}: has no 'model_cfg' object")
@@ -365,10 +367,17 @@ def openclip_shapes(config: CLIPConfig) -> dict[str, tuple[int, ...]]:
 # Reading a file.
 # ----------------------------------------------------------------------------------------------
 def _is_torchscript(path: str) -> bool:
-  if not zipfile.is_zipfile(path):
+  # Only the zip's central directory is read (a few ranged reads of a gs:// object).
+  try:
+    f = storage.open(path, "rb")
+  except OSError:  # as zipfile.is_zipfile(path): torch.load then says what is wrong
     return False
-  with zipfile.ZipFile(path) as archive:
-    return any(name.endswith("/constants.pkl") or "/code/" in name for name in archive.namelist())
+  with f:
+    if not zipfile.is_zipfile(f):
+      return False
+    with zipfile.ZipFile(f) as archive:
+      return any(name.endswith("/constants.pkl") or "/code/" in name
+                 for name in archive.namelist())
 
 
 def _torch_tensors(path: str) -> Any:
@@ -420,11 +429,11 @@ def _strip_prefix(state: Mapping[str, Any], path: str) -> dict[str, Any]:
 def read_state_dict(path: str) -> dict[str, np.ndarray]:
   """The CLIP tensors of a checkpoint file, unwrapped, as numpy arrays (float dtypes as stored,
   bfloat16 as float32), keyed by open_clip names."""
-  if not os.path.isfile(path):
+  if not storage.isfile(path):
     raise FileNotFoundError(f"{path}: no such checkpoint file")
   if path.endswith(".safetensors"):
-    try:
-      with safetensors.safe_open(path, framework="numpy") as f:
+    try:  # safetensors opens local files only: a gs:// file is read from a temporary copy
+      with storage.local_copy(path) as local, safetensors.safe_open(local, framework="numpy") as f:
         raw = {name: f.get_tensor(name) for name in f.keys()}
     except Exception as e:  # pylint: disable=broad-except  # header or dtype errors
       raise CheckpointError(f"{path}: not a readable safetensors file: {e}") from e
@@ -454,7 +463,8 @@ def load_openclip(path: str, arch: str = "", *, dtype=jnp.float32) -> CLIP:
   open_clip_config.json and weights). `arch`: an `ARCHS` name, an open_clip model-config JSON, or
   "" (the folder's open_clip_config.json, else inferred from shapes). Raises before placing any
   parameter when a tensor is missing, extra, mis-shaped or not floating point."""
-  if os.path.isdir(path):
+  storage.check(path, "open_clip checkpoint")
+  if storage.isdir(path):
     path = weights_in_folder(path)
   arrays = read_state_dict(path)
   model_cfg, origin = resolve_model_cfg(arch, path, {k: v.shape for k, v in arrays.items()})
@@ -493,8 +503,8 @@ def weights_in_folder(folder: str) -> str:
   """The weights file of an open_clip folder, in open_clip's order of preference."""
   for name in (WEIGHTS_FILE, "open_clip_pytorch_model.safetensors", "open_clip_pytorch_model.bin",
                "open_clip_pytorch_model.pth"):
-    if os.path.isfile(os.path.join(folder, name)):
-      return os.path.join(folder, name)
+    if storage.isfile(storage.join(folder, name)):
+      return storage.join(folder, name)
   raise FileNotFoundError(f"{folder}: no open_clip weights ({WEIGHTS_FILE} or "
                           "open_clip_pytorch_model.bin)")
 
@@ -507,14 +517,15 @@ def save_openclip(model: CLIP, out_dir: str, *, normalization: str = "clip",
                   resize: str = "shortest_side_crop") -> str:
   """Writes `out_dir/open_clip_model.safetensors` and `open_clip_config.json` (model config, and
   the preprocessing of `normalization` / `resize`, our data config's names) so that open_clip
-  loads our model as is; returns `out_dir`."""
+  loads our model as is; returns `out_dir` (local or gs://: each file is uploaded whole)."""
   mean, std = NORMALIZATIONS[normalization]
   resize_mode, interpolation = RESIZE_MODES[resize]
   config = {"model_cfg": model_cfg_of(model.config),
             "preprocess_cfg": {"mean": list(mean), "std": list(std), "interpolation": interpolation,
                                "resize_mode": resize_mode}}
-  os.makedirs(out_dir, exist_ok=True)
-  with atomic_io.replacing(os.path.join(out_dir, WEIGHTS_FILE)) as tmp:
+  storage.check(out_dir, "open_clip export folder")
+  storage.makedirs(out_dir)
+  with atomic_io.replacing(storage.join(out_dir, WEIGHTS_FILE)) as tmp:
     safetensors.numpy.save_file(openclip_arrays(model), tmp, metadata={"format": "pt"})
-  atomic_io.write_json(os.path.join(out_dir, CONFIG_FILE), config, indent=2, sort_keys=True)
+  atomic_io.write_json(storage.join(out_dir, CONFIG_FILE), config, indent=2, sort_keys=True)
   return out_dir

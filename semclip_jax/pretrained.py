@@ -1,23 +1,22 @@
 """Any pretrained CLIP by path: a Hugging Face folder or hub id, or an open_clip / OpenAI-layout
-checkpoint (file, or folder with open_clip_config.json). The one loader behind
+checkpoint (file, or folder with open_clip_config.json), local or `gs://`. The one loader behind
 `config.model.init_from` and `python -m semclip_jax.evaluate --model`."""
 
 from __future__ import annotations
 
-import os
-
 import jax.numpy as jnp
 
-from semclip_jax import hf, openclip
+from semclip_jax import hf, openclip, storage
 from semclip_jax.models.clip import CLIP
 
 
 def is_openclip(path: str) -> bool:
   """A checkpoint file (.safetensors/.pt/.pth/.bin/.ckpt), or a folder holding open_clip's
   config and no Hugging Face config.json (LAION's hub folders hold both: HF is preferred)."""
-  if os.path.isdir(path):
-    return (os.path.isfile(os.path.join(path, openclip.CONFIG_FILE))
-            and not os.path.isfile(os.path.join(path, hf.CONFIG_FILE)))
+  storage.check(path, "pretrained model (model.init_from, --model)")
+  if storage.isdir(path):
+    return (storage.isfile(storage.join(path, openclip.CONFIG_FILE))
+            and not storage.isfile(storage.join(path, hf.CONFIG_FILE)))
   return path.endswith(openclip.SUFFIXES)
 
 

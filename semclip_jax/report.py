@@ -14,7 +14,8 @@ metadata, the metrics, their deltas against the first run, the figures embedded)
   / negation) over those of the text–text cos(original, paraphrase / negation), axes shared.
 - `margins.png`: per item, cos(image, original) − cos(image, negation), one outline per run: the
   fraction above 0 is CC-Neg's accuracy.
-A figure no run has data for is left out.
+A figure no run has data for is left out. Run folders and `out_dir` may be local or `gs://`
+(see `storage`): a bucket's report is written to a local folder first, then uploaded file by file.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from typing import TYPE_CHECKING, Any, Collection, Mapping, Sequence
 
 import numpy as np
 
-from semclip_jax import report_runs
+from semclip_jax import report_runs, storage
 
 if TYPE_CHECKING:
   from matplotlib.axes import Axes
@@ -291,23 +292,25 @@ def write_report(folders: Sequence[str] | Mapping[str, str], out_dir: str) -> di
   label -> folder. Every run is read first: a missing folder or results.json raises
   FileNotFoundError, a malformed file ValueError, both naming the file, before anything is written.
   """
+  storage.check(out_dir, "report folder")
   runs = report_runs.load_runs(folders)
   results = {run.label: run.results for run in runs}
-  os.makedirs(out_dir, exist_ok=True)
-  written = {"results": os.path.join(out_dir, "results.json")}
-  with open(written["results"], "w", encoding="utf-8") as f:
-    json.dump(results, f, indent=2, sort_keys=True)
   builders = {"training": lambda: training_figure(runs),
               "loss_terms": lambda: loss_terms_figure(runs),
               "benchmarks": lambda: benchmarks_figure(results),
               "similarities": lambda: similarities_figure(runs),
               "margins": lambda: margins_figure(runs)}
-  for name, build in builders.items():
-    fig = build()
-    if fig is not None:
-      written[name] = os.path.join(out_dir, f"{name}.png")
-      fig.savefig(written[name], dpi=100)
-  written["table"] = os.path.join(out_dir, "report.md")
-  with open(written["table"], "w", encoding="utf-8") as f:
-    f.write(report_markdown(runs, written))
-  return written
+  files = {"results": "results.json"}  # artefact -> file name in out_dir
+  # A local out_dir is written in place; a gs:// one in a temporary folder, uploaded at the end.
+  with storage.writing_folder(out_dir) as folder:
+    with open(os.path.join(folder, files["results"]), "w", encoding="utf-8") as f:
+      json.dump(results, f, indent=2, sort_keys=True)
+    for name, build in builders.items():
+      fig = build()
+      if fig is not None:
+        files[name] = f"{name}.png"
+        fig.savefig(os.path.join(folder, files[name]), dpi=100)
+    files["table"] = "report.md"
+    with open(os.path.join(folder, files["table"]), "w", encoding="utf-8") as f:
+      f.write(report_markdown(runs, files))
+  return {name: storage.join(out_dir, file) for name, file in files.items()}

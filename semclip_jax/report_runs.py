@@ -12,15 +12,16 @@ What it reads from each run folder (a training workdir, an `evaluate.py --out` f
 - `similarities_<eval>.npz` (optional): the ccneg evaluator's per-item cosines of its test round
   (`similarities_ccneg.npz` when present, else the first by name).
 
-Runs are labelled `LABEL=PATH` explicitly, else by the shortest trailing part of their path that
-no other run shares (`x/seed0` and `y/seed0`, never two columns named `seed0`). A missing folder
-or results.json raises FileNotFoundError, a malformed file ValueError, both naming the file.
+Run folders may be local or `gs://` (see `storage`). Runs are labelled `LABEL=PATH` explicitly,
+else by the shortest trailing part of their path that no other run shares (`x/seed0` and
+`y/seed0`, never two columns named `seed0`). A missing folder or results.json raises
+FileNotFoundError, a malformed file ValueError, both naming the file.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import glob
+import io
 import json
 import math
 import os
@@ -29,6 +30,7 @@ from typing import Any, Collection, Mapping, Sequence
 
 import numpy as np
 
+from semclip_jax import storage
 from semclip_jax.losses import configured_weights
 from semclip_jax.objective import SEMCLIP_FAMILY
 
@@ -63,11 +65,20 @@ def split_label(entry: str) -> tuple[str, str]:
   an existing path: sweep folders such as `runs/lr=0.1` stay paths.
   """
   label, sep, path = entry.partition("=")
-  if not sep or "/" in label or os.sep in label or os.path.exists(entry):
+  if not sep or "/" in label or os.sep in label or storage.exists(entry):
     return "", entry
   if not label or not path:
     raise ValueError(f"report entry {entry!r}: give LABEL=PATH with both parts, or a PATH")
   return label, path
+
+
+def _path_parts(folder: str) -> list[str]:
+  """The parts of a folder's absolute path, outermost first; a gs:// path's first part is
+  `gs:/`, so that all its parts joined by '/' are the URL."""
+  if storage.is_remote(folder):
+    kind, key = folder.split("://", 1)
+    return [f"{kind}:/", *(part for part in key.split("/") if part)]
+  return os.path.abspath(folder).strip(os.sep).split(os.sep)
 
 
 def distinct_labels(folders: Sequence[str], taken: Collection[str] = ()) -> list[str]:
@@ -77,7 +88,7 @@ def distinct_labels(folders: Sequence[str], taken: Collection[str] = ()) -> list
   Such labels are distinct: two runs with one label would each end in the other's. Raises
   ValueError for a folder named twice, which no label can tell apart.
   """
-  parts = [os.path.abspath(folder).strip(os.sep).split(os.sep) for folder in folders]
+  parts = [_path_parts(folder) for folder in folders]
   labels = []
   for i, own in enumerate(parts):
     others = parts[:i] + parts[i + 1:]
@@ -128,16 +139,17 @@ def _number(value: Any) -> float | None:
 def load_results(folder: str) -> dict[str, float]:
   """The numeric entries of `folder`/results.json. FileNotFoundError (naming the folder and what
   to do) when the folder or its results.json is missing; ValueError for a malformed file."""
-  if not os.path.isdir(folder):
+  storage.check(folder, "run folder")
+  if not storage.isdir(folder):
     raise FileNotFoundError(f"{folder}: no such run folder, so no results to report; check the "
                             "path (a training workdir or an evaluate.py --out folder)")
-  path = os.path.join(folder, "results.json")
-  if not os.path.isfile(path):
+  path = storage.join(folder, "results.json")
+  if not storage.isfile(path):
     raise FileNotFoundError(
         f"{folder}: no results.json, so no results to report; train the run to its end, or score "
         "it first (python -m semclip_jax.evaluate --model=<model> --out=<folder>)")
   try:
-    with open(path, encoding="utf-8") as f:
+    with storage.open(path, encoding="utf-8") as f:
       raw = json.load(f)
   except ValueError as e:  # JSONDecodeError, UnicodeDecodeError
     raise ValueError(f"{path}: not valid JSON ({e}); score the run again") from None
@@ -158,13 +170,13 @@ def read_training(folder: str) -> tuple[Curves, int]:
   """The loss curves of `folder`/metrics.jsonl ({} without one) and the count of non-finite loss
   values left out of them. A step logged twice (a resumed run) keeps its last value; a line that
   is not JSON (one cut short when a run was killed) is skipped."""
-  path = os.path.join(folder, "metrics.jsonl")
-  if not os.path.isfile(path):
+  path = storage.join(folder, "metrics.jsonl")
+  if not storage.isfile(path):
     return {}, 0
   by_key: dict[str, dict[int, float]] = {}
   dropped = 0
   # Bad bytes (a torn write) fail that line's JSON, which is skipped, instead of the whole file.
-  with open(path, encoding="utf-8", errors="replace") as f:
+  with io.TextIOWrapper(storage.open(path, "rb"), encoding="utf-8", errors="replace") as f:
     for line in f:
       try:
         row = json.loads(line)
@@ -201,17 +213,17 @@ def comparable_curve(curves: Curves) -> tuple[str, list[tuple[int, float]]] | No
 
 def load_similarities(folder: str) -> tuple[str, dict[str, np.ndarray]] | None:
   """(eval name, {kind: per-item cosines}) of the run's ccneg npz, or None without one."""
-  files = sorted(glob.glob(os.path.join(glob.escape(folder), "similarities_*.npz")))
+  files = storage.glob(folder, "similarities_*.npz")
   if not files:
     return None
-  preferred = os.path.join(folder, "similarities_ccneg.npz")
+  preferred = storage.join(folder, "similarities_ccneg.npz")
   path = preferred if preferred in files else files[0]
   try:
-    with np.load(path) as npz:
+    with storage.open(path, "rb") as f, np.load(f) as npz:
       cosines = {kind: np.asarray(npz[kind], np.float64).ravel() for kind in npz.files}
   except (OSError, ValueError, zipfile.BadZipFile) as e:
     raise ValueError(f"{path}: unreadable ({e}); delete it or score the run again") from None
-  return os.path.basename(path).removeprefix("similarities_").removesuffix(".npz"), cosines
+  return storage.basename(path).removeprefix("similarities_").removesuffix(".npz"), cosines
 
 
 # ----------------------------------------------------------------------------------------------
@@ -227,11 +239,11 @@ def _get(config: Mapping[str, Any], *keys: str) -> Any:
 
 def _read_config(folder: str) -> tuple[dict[str, Any] | None, str]:
   """(the training config or None, what the `config` row says)."""
-  path = os.path.join(folder, "config.json")
-  if not os.path.isfile(path):
+  path = storage.join(folder, "config.json")
+  if not storage.isfile(path):
     return None, "no config.json (an exported model or evaluation folder)"
   try:
-    with open(path, encoding="utf-8") as f:
+    with storage.open(path, encoding="utf-8") as f:
       config = json.load(f)
   except (OSError, ValueError) as e:
     return None, f"config.json unreadable ({type(e).__name__})"

@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
 import signal
 import time
 from typing import Any
@@ -23,7 +22,8 @@ import optax
 from flax import nnx
 
 from semclip_jax import (atomic_io, checkpointing, hf, image_embedding_cache, model_card,
-                         objective, openclip, optim, sharding, train_step)
+                         objective, openclip, optim, preemption, sharding, storage,
+                         train_step)
 from semclip_jax import config as config_lib
 from semclip_jax import data as data_lib
 from semclip_jax.data import input_pipeline
@@ -148,7 +148,7 @@ def build_train_state(config: ml_collections.ConfigDict, mesh):
 
 def make_checkpointer(config: ml_collections.ConfigDict, workdir: str) -> checkpointing.Checkpointer:
   return checkpointing.Checkpointer(
-      os.path.join(workdir, "checkpoints"), keep=config.checkpoint.keep,
+      storage.join(workdir, "checkpoints"), keep=config.checkpoint.keep,
       keep_best=config.checkpoint.keep_best, best_metric=config.checkpoint.best_metric or None,
       best_mode=config.checkpoint.best_mode, async_save=config.checkpoint.async_save)
 
@@ -193,7 +193,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     checkpointer.close()
     pipeline.close()
     logger.info("%s already finished at step %d; its results are in %s", workdir, start,
-                os.path.join(workdir, RESULTS_FILE))
+                storage.join(workdir, RESULTS_FILE))
     model = nnx_merge(graphdef, state).model
     metrics = {k: v for k, v in saved_results.items() if k != "step"}
     if is_main:
@@ -226,9 +226,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   # ---- loop ------------------------------------------------------------------------------------
   writer = MetricsWriter(workdir, enabled=is_main, resume_step=start if start else None,
                          redo_evaluations=finished)
-  stop = {"signal": None}
-  previous = {s: signal.signal(s, lambda signum, _: stop.update(signal=signum))
-              for s in (signal.SIGTERM, signal.SIGINT)}
+  # SIGTERM/SIGINT stop the loop at one step on every process (JAX's preemption sync point).
+  stop = preemption.StopRequest(start).install()
   # A bar on a terminal; in a log file (SLURM, TPU workers) one line per log step.
   progress = Progress(config.total_steps, "train", unit="steps", initial=start,
                       bar=None if config.progress_bar else False, enabled=is_main)
@@ -236,7 +235,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   step, eval_results = start, {}
   last_log = (start, time.perf_counter())
   try:
-    while step < config.total_steps and not _stop_agreed(stop, step):
+    while step < config.total_steps and not stop.reached(step):
       # While step k runs, the host prepares and transfers batch k+1 (grain workers prefetch
       # further ahead); a device->host read in the step's dispatch would serialise the two.
       batch = next(pipeline)
@@ -259,11 +258,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
              and step % config.evals[n].every_steps == 0 and step < config.total_steps]
       eval_results = run_evals(step, due) if due else {}
       if step % config.checkpoint.every_steps == 0 and step < config.total_steps:
+        writer.sync()  # a gs:// metrics.jsonl: every line up to the checkpoint is in the bucket
         checkpointer.save(step, state, pipeline.get_state(), _best_metrics(config, eval_results))
     if step < config.total_steps:
-      logger.warning("signal %s: saving a checkpoint at step %d and stopping", stop["signal"], step)
-      checkpointer.save(step, state, pipeline.get_state())
+      logger.warning("%s: saving a checkpoint at step %d and stopping",
+                     signal.Signals(stop.signal).name, step)
+      saving = time.perf_counter()
+      writer.sync()
+      if checkpointer.latest_step() != step:  # not already saved as a checkpoint step
+        checkpointer.save(step, state, pipeline.get_state())
       checkpointer.wait()
+      # What a preemption notice must leave room for (a spot VM's is 30 s on Google Cloud).
+      logger.warning("checkpoint %d is on disk after %.1f s", step, time.perf_counter() - saving)
       return Trained(current_model(), {}, step, workdir)
 
     # ---- end ---------------------------------------------------------------------------------
@@ -279,8 +285,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
         export_hf(current_model(), config, workdir, {"step": step, **eval_results})
     return Trained(current_model(), eval_results, step, workdir)
   finally:
-    for s, handler in previous.items():
-      signal.signal(s, handler)
+    stop.restore()
     progress.close()
     pipeline.close()
     writer.close()
@@ -322,15 +327,14 @@ def evaluate_model(evaluators: dict[str, Any], round_: EvalRound, workdir: str, 
       results[f"{prefix}/{name}/{key}"] = float(value)
     similarities = getattr(evaluator, "similarities", None)
     if similarities and prefix == TEST and jax.process_index() == 0:
-      os.makedirs(workdir, exist_ok=True)
-      np.savez(os.path.join(workdir, f"similarities_{name}.npz"), **similarities)
+      with atomic_io.open_replacing(storage.join(workdir, f"similarities_{name}.npz"), "wb") as f:
+        np.savez(f, **similarities)
   return results
 
 
 def write_results(workdir: str, step: int, results: dict[str, float], title: str) -> None:
   """workdir/results.json (what the report reads; written atomically) and the table on stdout."""
-  os.makedirs(workdir, exist_ok=True)
-  atomic_io.write_json(os.path.join(workdir, RESULTS_FILE), {"step": step, **results}, indent=2,
+  atomic_io.write_json(storage.join(workdir, RESULTS_FILE), {"step": step, **results}, indent=2,
                        sort_keys=True)
   print(results_table(results, title=title))
 
@@ -338,8 +342,7 @@ def write_results(workdir: str, step: int, results: dict[str, float], title: str
 def read_results(workdir: str) -> dict[str, float]:
   """workdir/results.json, or {} when there is none (yet)."""
   try:
-    with open(os.path.join(workdir, RESULTS_FILE), encoding="utf-8") as f:
-      return json.load(f)
+    return json.loads(storage.read_text(storage.join(workdir, RESULTS_FILE)))
   except (FileNotFoundError, json.JSONDecodeError):
     return {}
 
@@ -347,7 +350,7 @@ def read_results(workdir: str) -> dict[str, float]:
 def push_to_hub(config: ml_collections.ConfigDict, workdir: str, repo_id: str) -> str:
   """Uploads workdir/hf to the Hub repo `repo_id` (created private unless config.hub.private is
   off), its card's usage snippets naming the repo; returns the commit URL."""
-  folder = os.path.join(workdir, "hf")
+  folder = storage.join(workdir, "hf")
   results = read_results(workdir)
   model_card.write_model_card(folder, config.to_dict(), results or None,
                               license=config.hub.license, repo_id=repo_id)
@@ -355,30 +358,17 @@ def push_to_hub(config: ml_collections.ConfigDict, workdir: str, repo_id: str) -
 
 
 def _exported(workdir: str) -> bool:
-  folder = os.path.join(workdir, "hf")
-  return any(os.path.isfile(os.path.join(folder, name))
+  folder = storage.join(workdir, "hf")
+  return any(storage.isfile(storage.join(folder, name))
              for name in (hf.WEIGHTS_FILE, hf.WEIGHTS_INDEX_FILE))
 
 
 def export_hf(model: CLIP, config: ml_collections.ConfigDict, workdir: str,
               results: dict[str, float]) -> str:
   """workdir/hf: the Hugging Face CLIP folder with its model card (README.md)."""
-  folder = hf.save_hf_clip(model, os.path.join(workdir, "hf"))
+  folder = hf.save_hf_clip(model, storage.join(workdir, "hf"))
   model_card.write_model_card(folder, config.to_dict(), results, license=config.hub.license)
   return folder
-
-
-def _stop_agreed(stop: dict[str, Any], step: int, every: int = 10) -> bool:
-  """Whether to stop for a signal. With several processes every one must stop at the same step
-  (the checkpoint save is collective), so they agree every `every` steps by an all-gather."""
-  if jax.process_count() == 1:
-    return stop["signal"] is not None
-  if step % every:
-    return False
-  from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
-
-  flags = multihost_utils.process_allgather(np.int32(stop["signal"] is not None))
-  return bool(np.any(flags))
 
 
 def nnx_merge(graphdef, state: train_step.TrainState) -> train_step.Trainee:
@@ -482,6 +472,6 @@ def export(config: ml_collections.ConfigDict, workdir: str) -> dict[str, str]:
   if results.get("step") != step:
     results = {"step": step}
   return {"hf": export_hf(model, config, workdir, results),
-          "open_clip": openclip.save_openclip(model, os.path.join(workdir, "open_clip"),
+          "open_clip": openclip.save_openclip(model, storage.join(workdir, "open_clip"),
                                               normalization=config.data.normalization,
                                               resize=config.data.resize)}

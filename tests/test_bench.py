@@ -160,3 +160,18 @@ def test_cache_compares_the_frozen_image_loop_uncached_and_cached(capsys):
   # Same data, same initial weights, same step: the first losses agree.
   assert cached["loss_value"] == pytest.approx(uncached["loss_value"], abs=1e-5)
   assert "cached  :" in out and "x uncached" in out
+
+
+def test_save_times_a_waited_for_checkpoint_of_the_train_state(capsys, tmp_path):
+  assert main(["--what=save", "--preset=tiny", "--towers=both", "--save_repeats=2",
+               f"--save_dir={tmp_path}"]) == 0
+  out = capsys.readouterr().out
+  (record,) = _json_lines(out)
+  assert (record["what"], record["preset"], record["towers"]) == ("save", "tiny", "both")
+  assert len(record["saves"]) == 2 and 0 < record["call_s"] <= record["save_s"]
+  assert record["save_s"] == min(s["save_s"] for s in record["saves"][1:])
+  assert record["params"] > 1e6 and record["state_bytes"] > 4 * record["params"]  # + AdamW
+  # Noise, not fresh zero moments: orbax's compression cannot shrink it.
+  assert record["disk_bytes"] > 0.8 * record["state_bytes"]
+  assert sorted(p.name for p in (tmp_path / "tiny_both").iterdir()) == ["2"]  # keep=1
+  assert "save   tiny towers=both" in out and "MiB" in out

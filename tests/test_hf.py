@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import shutil
 import stat
 
@@ -13,7 +14,7 @@ import transformers
 from flax import nnx
 
 from hf_oracle import ORACLE_CONFIGS, make_oracle, torch_embeddings
-from semclip_jax import hf, openclip
+from semclip_jax import hf, openclip, storage
 from semclip_jax.data.tokenizer import CLIPTokenizer
 from semclip_jax.models import clip_logits, create_clip, get_preset
 
@@ -182,3 +183,49 @@ def test_missing_and_unexpected_tensors(tmp_path):
 def test_not_a_folder_nor_hub_id(tmp_path):
   with pytest.raises(FileNotFoundError, match="not a folder"):
     hf.load_hf_clip(str(tmp_path / "does" / "not" / "exist"))
+
+
+# ---------------------------------------------------------------------------------------------
+# A gs:// export folder (the GCS emulator of conftest.py).
+# ---------------------------------------------------------------------------------------------
+def _assert_same_params(a, b):
+  flat_a = nnx.to_flat_state(nnx.state(a, nnx.Param))
+  flat_b = dict(nnx.to_flat_state(nnx.state(b, nnx.Param)))
+  assert len(flat_a) == len(flat_b)
+  for path, x in flat_a:
+    assert np.array_equal(np.asarray(x[...]), np.asarray(flat_b[path][...])), path
+
+
+def test_export_to_a_bucket_loads_back_and_holds_the_local_files(tmp_path, gcs_bucket):
+  model = create_clip(get_preset("tiny"), seed=1)
+  remote = f"{gcs_bucket}/run/hf"
+  assert hf.save_hf_clip(model, remote) == remote
+  local = hf.save_hf_clip(model, str(tmp_path / "hf"))
+  names = sorted(os.listdir(local))
+  assert "model.safetensors" in names and "tokenizer.json" in names
+  assert storage.listdir(remote) == names  # the same files, nothing else (no temporary files)
+  for name in names:
+    with open(os.path.join(local, name), "rb") as f:
+      assert storage.read_bytes(storage.join(remote, name)) == f.read(), name
+  loaded = hf.load_hf_clip(remote)
+  assert loaded.config == model.config
+  _assert_same_params(model, loaded)
+
+  class Broken:
+    def save_pretrained(self, folder):
+      raise RuntimeError("disk full")
+
+  with pytest.raises(RuntimeError, match="disk full"):  # a failed save uploads nothing
+    hf.save_hf_clip(model, f"{gcs_bucket}/failed/hf", tokenizer=Broken())
+  assert not storage.exists(f"{gcs_bucket}/failed/hf/model.safetensors")
+  # Errors name the bucket's objects, not the temporary local copy.
+  storage.remove(storage.join(remote, "config.json"))
+  with pytest.raises(FileNotFoundError, match=re.escape(f"{remote}/config.json: no config.json")):
+    hf.load_hf_clip(remote)
+  storage.remove(storage.join(remote, "model.safetensors"))
+  with pytest.raises(FileNotFoundError, match=re.escape(f"{remote}: no model.safetensors")):
+    hf.load_hf_clip(remote)
+  with pytest.raises(FileNotFoundError, match="not a folder holding a Hugging Face CLIP"):
+    hf.load_hf_clip(f"{gcs_bucket}/nothing/here")
+  with pytest.raises(storage.UnsupportedPathError, match="s3://"):
+    hf.load_hf_clip("s3://bucket/hf")

@@ -1,6 +1,7 @@
 """Cached image embeddings for frozen image towers: the same training, keyed so a stale cache is
 never read, resumable after a kill, split across processes, refused where it cannot apply."""
 
+import io
 import json
 import os
 import shutil
@@ -17,7 +18,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from semclip_jax import config as config_lib
 from semclip_jax import image_embedding_cache as cache_lib
-from semclip_jax import sharding, train
+from semclip_jax import sharding, storage, train
 from semclip_jax.bench.input_rate import write_jpeg_dataset
 from semclip_jax.data import input_pipeline, sources
 from semclip_jax.data.shapes import ShapesSource
@@ -219,3 +220,36 @@ def test_a_killed_build_continues_where_it_stopped(tmp_path):
   fresh.build(source, _preprocess(), _mean_colour, 4, 3)
   for j in range(6):
     np.testing.assert_array_equal(np.load(cache.shard_path(j)), np.load(fresh.shard_path(j)))
+
+
+def test_a_cache_in_a_bucket_reads_as_the_one_on_disk(tmp_path, gcs_bucket, monkeypatch):
+  """Built into gs:// by two processes' shares, the shards are the local build's objects, and the
+  source reads the host's checked copies of them (XDG_CACHE_HOME) as it reads the local cache."""
+  monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "host_cache"))
+  source = _jpegs(tmp_path / "data", n=12, broken=(3,))
+  plan = cache_lib.Plan.of(source)
+  local = cache_lib.ImageEmbeddingCache(str(tmp_path / "cache"), plan, shard_rows=5)
+  assert local.build(source, _preprocess(), _mean_colour, 4, 3) == [0, 1, 2]
+  remote = cache_lib.ImageEmbeddingCache(f"{gcs_bucket}/run/image_embedding_cache/f", plan,
+                                         shard_rows=5)
+  assert remote.missing_shards() == [0, 1, 2]
+  assert remote.build(source, _preprocess(), _mean_colour, 4, 3, process_count=2) == [0, 2]
+  assert remote.missing_shards() == [1]
+  assert remote.build(source, _preprocess(), _mean_colour, 4, 3, process_index=1,
+                      process_count=2) == [1]
+  assert not remote.missing_shards()
+  assert storage.listdir(remote.folder) == sorted(os.listdir(local.folder))
+  for j in range(3):
+    np.testing.assert_array_equal(np.load(io.BytesIO(storage.read_bytes(remote.shard_path(j)))),
+                                  np.load(local.shard_path(j)))
+  from_disk = cache_lib.CachedSource(source, local)
+  from_bucket = cache_lib.CachedSource(source, remote)
+  copies = [p for pair in from_bucket._paths for p in pair]  # pylint: disable=protected-access
+  assert len(copies) == 6 and all(p.startswith(str(tmp_path / "host_cache")) for p in copies)
+  for i in range(len(source)):
+    a, b = from_disk[i], from_bucket[i]
+    assert a.keys() == b.keys() and ("error" in a) == (i == 3)
+    for key in set(a) - {"error"}:
+      np.testing.assert_array_equal(a[key], b[key])
+    if "error" in a:  # the reason, as written (it names a BytesIO object of the build)
+      assert a["error"].startswith("undecodable image") and b["error"].startswith("undecodable")

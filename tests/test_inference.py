@@ -5,7 +5,7 @@ import pytest
 from PIL import Image
 from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 
-from semclip_jax import inference
+from semclip_jax import inference, storage
 from semclip_jax.data import default_config
 from semclip_jax.data.tokenizer import CLIPTokenizer
 from semclip_jax.hf import preprocessor_config
@@ -42,6 +42,16 @@ def test_pixels_are_clip_image_processors_for_every_input_kind(tmp_path):
   # The config's transform is the one applied: squash + ImageNet statistics differ.
   data.update(resize="squash", normalization="imagenet")
   assert not np.allclose(inference.pixels(paths, data), expected, atol=1e-3)
+
+
+def test_pixels_of_images_in_a_bucket(tmp_path, gcs_bucket):
+  _, paths = _images(tmp_path)
+  remote = [f"{gcs_bucket}/images/{i}.png" for i in range(len(paths))]
+  for path, target in zip(paths, remote):
+    storage.upload(path, target)
+  np.testing.assert_array_equal(inference.pixels(remote), inference.pixels(paths))
+  with pytest.raises(ValueError, match="image 1 "):
+    inference.pixels([remote[0], f"{gcs_bucket}/images/none.png"])
 
 
 def test_embeddings_are_the_towers_on_those_inputs(tmp_path, model):

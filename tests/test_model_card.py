@@ -20,7 +20,7 @@ import yaml
 from huggingface_hub import constants as hub_constants
 
 from semclip_jax import config as config_lib
-from semclip_jax import losses, model_card
+from semclip_jax import losses, model_card, storage
 
 HUB_ID = "laion/CLIP-ViT-B-32-laion2B-s34B-b79K"
 
@@ -345,3 +345,32 @@ def test_push_to_hub_refusal_and_offline_mode_are_clear_errors(tmp_path, online,
     with pytest.raises(model_card.PushToHubError, match="offline mode is on"):
       model_card.push_to_hub(str(tmp_path / "hf"), "me/semclip", token="hf_test", endpoint=hub.url)
     assert hub.requests == []
+
+
+def test_card_and_push_of_an_export_in_a_bucket(tmp_path, gcs_bucket, online):
+  """write_model_card into a gs:// export (its config.json read from the bucket), and push_to_hub
+  from it: the same card and the same pushed files as the export on disk."""
+  files = {"config.json": json.dumps({"projection_dim": 64, "vision_config": {
+               "image_size": 32, "patch_size": 8, "num_hidden_layers": 2,
+               "hidden_size": 64}}).encode(),
+           "model.safetensors": bytes(range(256)) * 9}
+  remote = f"{gcs_bucket}/run/hf"
+  os.makedirs(tmp_path / "hf")
+  for name, data in files.items():
+    (tmp_path / "hf" / name).write_bytes(data)
+    with storage.open(storage.join(remote, name), "wb") as f:
+      f.write(data)
+  with pytest.raises(ValueError, match=re.escape(f"{gcs_bucket}/run: no config.json")):
+    model_card.check_export_folder(f"{gcs_bucket}/run")  # a folder, but not the export
+  path = model_card.write_model_card(remote, _config(), RESULTS, repo_id="me/semclip")
+  assert path == f"{remote}/README.md"
+  card = model_card.write_model_card(str(tmp_path / "hf"), _config(), RESULTS, repo_id="me/semclip")
+  with open(card, "rb") as f:
+    files["README.md"] = f.read()
+  assert storage.read_bytes(path) == files["README.md"]
+  assert "32×32 px images, 8×8 px patches" in files["README.md"].decode()
+  assert storage.listdir(remote) == ["README.md", "config.json", "model.safetensors"]
+  with serve(StandInHub()) as hub:
+    url = model_card.push_to_hub(remote, "me/semclip", token="hf_test", endpoint=hub.url)
+  assert hub.unexpected == [] and url.startswith(f"{hub.url}/me/semclip/commit/")
+  assert hub.files["me/semclip"] == files

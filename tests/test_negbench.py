@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from semclip_jax import storage
 from semclip_jax.data import input_pipeline
 from semclip_jax.evaluators import (EVALUATORS, make_evaluator, missing_data, negbench,
                                     reads_own_data)
@@ -228,6 +229,27 @@ def test_read_mcq_and_its_errors(tmp_path):
   fails("missing.csv", MCQ_HEADER, rows, FileNotFoundError,
         rf"missing\.csv: row {first}: image '{gone}' not found .*000000000002\.png\); {count} of "
         rf"{len(rows)} rows \(1 distinct files\) name missing images")
+
+
+def test_csv_and_images_in_a_bucket(tmp_path, gcs_bucket):
+  paths = _images(tmp_path, 3)
+  root = f"{gcs_bucket}/coco/val2017"
+  storage.upload_folder(str(tmp_path / "val2017"), root)
+  rows = _mcq_rows(paths[:2]) + [_mcq_rows([f"{root}/000000000002.png"])[0]]  # a gs:// row too
+  storage.upload(_write_csv(tmp_path / "mcq.csv", MCQ_HEADER, rows), f"{gcs_bucket}/mcq.csv")
+  items = negbench.read_mcq(f"{gcs_bucket}/mcq.csv", root)
+  assert items.images[::3] == [f"{root}/sub/000000000000.png", f"{root}/000000000001.png",
+                               f"{root}/000000000002.png"]
+  local = negbench.read_mcq(_write_csv(tmp_path / "local.csv", MCQ_HEADER, rows[:-1]),
+                            str(tmp_path / "val2017"))
+  assert local.options == items.options[:-1]
+  files = negbench._ImageFiles([items.images[0], local.images[0]])  # pylint: disable=protected-access
+  np.testing.assert_array_equal(files[0]["image"], files[1]["image"])
+  storage.remove(f"{root}/000000000001.png")
+  with pytest.raises(FileNotFoundError, match=rf"looked for {root}/000000000001\.png\); 3 of 7"):
+    negbench.read_mcq(f"{gcs_bucket}/mcq.csv", root)
+  with pytest.raises(ValueError, match="leads out of image_root"):
+    negbench.resolve_image_paths("f.csv", [2], ["../../x.png"], root)
 
 
 def test_read_retrieval_and_its_errors(tmp_path):

@@ -14,7 +14,7 @@ import torch
 from flax import nnx
 from open_clip.model import CLIPTextCfg, CLIPVisionCfg
 
-from semclip_jax import openclip
+from semclip_jax import openclip, pretrained, storage
 from semclip_jax.data.tokenizer import CLIPTokenizer
 from semclip_jax.models import create_clip, get_preset
 
@@ -257,3 +257,35 @@ def test_export_refuses_what_open_clip_cannot_build():
   config = config.replace(text=dataclasses.replace(config.text, hidden_act="relu"))
   with pytest.raises(ValueError, match="one of \\['gelu', 'quick_gelu'\\]"):
     openclip.model_cfg_of(config)
+
+
+def test_export_to_and_checkpoints_from_a_bucket(tmp_path, gcs_bucket, openai_like):
+  """save_openclip into gs://, read back as a folder and as a file (its config beside it, in the
+  bucket), and a torch checkpoint read from the bucket as from the disk."""
+  model = create_clip(get_preset("tiny"), seed=2)
+  remote = f"{gcs_bucket}/run/open_clip"
+  assert openclip.save_openclip(model, remote) == remote
+  local = openclip.save_openclip(model, str(tmp_path / "open_clip"))
+  assert storage.listdir(remote) == sorted(os.listdir(local))
+  for name in os.listdir(local):
+    with open(os.path.join(local, name), "rb") as f:
+      assert storage.read_bytes(storage.join(remote, name)) == f.read(), name
+  expected = nnx.to_flat_state(nnx.state(model, nnx.Param))
+  config = openclip.config_from_model_cfg(openclip.model_cfg_of(model.config))
+  for path in (remote, storage.join(remote, openclip.WEIGHTS_FILE)):
+    assert pretrained.is_openclip(path)
+    loaded = pretrained.load_pretrained(path)
+    assert loaded.config == config
+    got = dict(nnx.to_flat_state(nnx.state(loaded, nnx.Param)))
+    for key, value in expected:
+      assert np.array_equal(np.asarray(value[...]), np.asarray(got[key][...])), key
+  _, state, _, _ = openai_like
+  checkpoint = _save("ddp_pth", state, tmp_path)
+  storage.upload(checkpoint, f"{gcs_bucket}/ckpts/epoch_3.pth")
+  from_disk = openclip.load_openclip(checkpoint)
+  from_bucket = openclip.load_openclip(f"{gcs_bucket}/ckpts/epoch_3.pth")
+  got = dict(nnx.to_flat_state(nnx.state(from_bucket, nnx.Param)))
+  for key, value in nnx.to_flat_state(nnx.state(from_disk, nnx.Param)):
+    assert np.array_equal(np.asarray(value[...]), np.asarray(got[key][...])), key
+  with pytest.raises(FileNotFoundError, match=f"{gcs_bucket}/ckpts/none.pt: no such checkpoint"):
+    openclip.load_openclip(f"{gcs_bucket}/ckpts/none.pt")

@@ -18,6 +18,7 @@ import pytest
 from PIL import Image
 
 from semclip_jax import data as data_lib
+from semclip_jax import storage
 from semclip_jax.data import input_pipeline, prepare, readers, shard_writer, sources
 
 
@@ -165,7 +166,9 @@ def _tar_add(tar, name, data):
   tar.addfile(info, io.BytesIO(data))
 
 
-def test_webdataset_with_json_and_side_file(tmp_path, capsys):
+def _webdataset(tmp_path):
+  """Two webdataset tars in `cc3m` (keys 0-3, then 4-5) and a side file `side.jsonl`; returns the
+  images by key."""
   images, tars = {}, tmp_path / "cc3m"
   tars.mkdir()
   for i in range(6):
@@ -183,6 +186,11 @@ def test_webdataset_with_json_and_side_file(tmp_path, capsys):
     for i in (2, 3, 4, 0):  # 0 is in the json too: the json wins
       f.write(json.dumps({"caption": f"caption {i}", "paraphrase": f"side paraphrase {i}",
                           "negation": f"side negation {i}"}) + "\n")
+  return images
+
+
+def test_webdataset_with_json_and_side_file(tmp_path, capsys):
+  images, tars = _webdataset(tmp_path), tmp_path / "cc3m"
   out = tmp_path / "out"
   args = ["--format=webdataset", f"--input={tars}", "--records_per_shard=3",
           f"--triples={tmp_path / 'side.jsonl'}", f"--output_dir={out}"]
@@ -405,3 +413,93 @@ def test_structural_errors_exit_2(tmp_path, capsys, monkeypatch):
   assert prepare.main(ccneg) == 2
   err = capsys.readouterr().err
   assert "x.pt" in err and "PyTorch" in err
+
+
+def test_gcs_output_resumes_and_reads_back_like_local_shards(tmp_path, gcs_bucket, monkeypatch,
+                                                             capsys):
+  monkeypatch.chdir(tmp_path)  # a gs:// path mistaken for a local one would appear here
+  _csv_dataset(tmp_path, 12)
+  local, out = tmp_path / "local", f"{gcs_bucket}/shards"
+  assert prepare.main(_csv_args(tmp_path, local, "--records_per_shard=5")) == 0
+  assert prepare.main(_csv_args(tmp_path, out, "--records_per_shard=5")) == 0
+  assert f"12 of 12 records written to 3 shards in {out}" in capsys.readouterr().out
+  assert not (tmp_path / "gs:").exists()
+  shards = [f"triples-0000{i}.array_record" for i in range(3)]
+  assert storage.listdir(out) == ["progress.json", "summary.json", *shards]
+  assert json.loads(storage.read_text(f"{out}/summary.json")) == _summary(local)
+  for name in shards:  # the shard objects are the local files, byte for byte
+    assert storage.read_bytes(f"{out}/{name}") == (local / name).read_bytes()
+  fs = storage._fs(out)  # pylint: disable=protected-access
+  generations = lambda: {n: fs.info(f"{out}/{n}")["generation"] for n in storage.listdir(out)
+                         if n.endswith(".array_record")}
+  before = generations()
+
+  # A shard lost since is redone alone; a finished run then reads no input and rewrites no shard.
+  storage.remove(f"{out}/{shards[1]}")
+  assert prepare.main(_csv_args(tmp_path, out, "--records_per_shard=5")) == 0
+  after = generations()
+  assert {n: after[n] == before[n] for n in shards} == {shards[0]: True, shards[1]: False,
+                                                         shards[2]: True}
+  with monkeypatch.context() as patch:
+    patch.setattr(shard_writer, "_encode", lambda item: pytest.fail("a finished run read"))
+    assert prepare.main(_csv_args(tmp_path, out, "--records_per_shard=5")) == 0
+  assert generations() == after
+
+  # Read back from the bucket (local copies under the cache folder) as the local shards read.
+  want = _records(local)
+  source = sources.ArrayRecordSource(out, cache_dir=str(tmp_path / "cache"))
+  assert source.paths == [f"{out}/{n}" for n in shards]
+  assert all(p.startswith(str(tmp_path / "cache")) for p in source.local_paths)
+  assert [source[i] for i in range(len(source))] == want and len(want) == 12
+  config = data_lib.default_config()
+  config.update(kind="array_record", path=out, shard_cache_dir=str(tmp_path / "cache2"))
+  source = data_lib.make_source(config, "train")
+  assert [source[i] for i in range(len(source))] == want
+  assert (tmp_path / "cache2").is_dir() and not (tmp_path / "gs:").exists()
+
+
+@pytest.mark.parametrize("option,value", [("--output_dir", "s3://x/y"), ("--output_dir", "gs:/x"),
+                                          ("--image_dir", "s3://x/images")])
+def test_unsupported_url_is_one_error_naming_the_option(option, value, tmp_path, monkeypatch,
+                                                        capsys):
+  monkeypatch.chdir(tmp_path)
+  _csv_dataset(tmp_path, 2)
+  before = sorted(p.name for p in tmp_path.iterdir())
+  args = {"--output_dir": tmp_path / "out", "--image_dir": tmp_path / "images", option: value}
+  assert prepare.main(["--format=csv", f"--input={tmp_path / 'triples.csv'}",
+                       *(f"{k}={v}" for k, v in args.items())]) == 2
+  captured = capsys.readouterr()
+  assert captured.out == "" and len(captured.err.splitlines()) == 1
+  assert captured.err.startswith(f"error: {option}: {value!r}")
+  assert sorted(p.name for p in tmp_path.iterdir()) == before  # no "gs:" or "s3:" folder, no out
+
+
+def test_gcs_inputs_of_every_format_give_the_records_of_local_ones(tmp_path, gcs_bucket):
+  src = tmp_path / "src"
+  _csv_dataset(src / "csv", 4)
+  _webdataset(src)
+  (src / "sc").mkdir()
+  (src / "sc" / "swap_obj.json").write_text(json.dumps(
+      [{"id": i, "filename": f"{i:03d}.jpg", "caption": f"cap {i}", "caption2": f"para {i}",
+        "negative_caption": f"neg {i}"} for i in range(3)]))
+  images = _ccneg_dataset(src)  # the image folder, inside the CC-Neg folder
+  storage.upload_folder(str(src), f"{gcs_bucket}/src")
+  runs = {
+      "csv": ["--format=csv", "--input={}/csv/triples.csv", "--image_dir={}/csv/images"],
+      "webdataset": ["--format=webdataset", "--input={}/cc3m", "--triples={}/side.jsonl"],
+      "sugarcrepe": ["--format=sugarcrepe_json", "--input={}/sc", "--image_dir={}/csv/images"],
+      "ccneg_root": ["--format=ccneg_pt", "--input={}/ccneg_preprocessed.pt",
+                     "--triples={}/paraphrases.csv", "--image_dir={}/ccneg_dataset"],
+      "ccneg_images": ["--format=ccneg_pt", "--input={}/ccneg_preprocessed.pt",
+                       "--triples={}/paraphrases.csv",
+                       "--image_dir={}/" + str(images.relative_to(src))],
+  }
+  for name, args in runs.items():
+    got = {}
+    for root in (str(src), f"{gcs_bucket}/src"):
+      out = tmp_path / name / str(len(got))
+      assert prepare.main([a.format(root) for a in args] + [f"--output_dir={out}"]) == 0, name
+      got[root] = _records(out)
+    local, remote = got.values()
+    assert local == remote and len(local) >= 3, name
+    assert all(r["image"] for r in remote), name

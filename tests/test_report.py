@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from semclip_jax import config as config_lib
-from semclip_jax import evaluate, hf, report, report_runs
+from semclip_jax import evaluate, hf, report, report_runs, storage
 from semclip_jax.evaluators import CCNegEvaluator
 from semclip_jax.evaluators.ccneg import TEXT_PAIRS
 from semclip_jax.evaluators.embed import CAPTION_KINDS
@@ -330,3 +330,38 @@ def test_report_md_embeds_every_figure_written_by_relative_path(tmp_path):
   for name in names:
     assert written[name] == str(tmp_path / "out" / f"{name}.png")
     _assert_png(written[name])
+
+
+# ----------------------------------------------------------------------------------------------
+# 7. Runs and reports in a bucket (gs://, the GCS emulator of conftest.py).
+# ----------------------------------------------------------------------------------------------
+def test_runs_in_a_bucket_report_as_the_same_runs_on_disk(tmp_path, gcs_bucket):
+  root = tmp_path / "runs"
+  local = [_run(root, "a", config=_train_config("semclip", beta=0.5),
+                train={"loss": [3.0, 2.5, "nan"], "contrastive_loss": [2.0, 1.5, 1.0]}),
+           _run(root, "b", kinds=(), results={"step": 5, "test/ccneg/accuracy": 0.5})]
+  storage.upload_folder(str(root), f"{gcs_bucket}/runs")
+  remote = [f"{gcs_bucket}/runs/a", f"{gcs_bucket}/runs/b"]
+  on_disk, in_bucket = report_runs.load_runs(local), report_runs.load_runs(remote)
+  for disk, bucket in zip(on_disk, in_bucket):
+    assert bucket.label == disk.label and bucket.folder in remote
+    assert bucket.results == disk.results and bucket.curves == disk.curves
+    assert bucket.metadata == {**disk.metadata, "folder": bucket.folder}
+    assert (bucket.cosines is None) == (disk.cosines is None)
+    if disk.cosines:
+      assert bucket.cosines[0] == disk.cosines[0] == "ccneg"
+      assert {k: v.tolist() for k, v in bucket.cosines[1].items()} == {
+          k: v.tolist() for k, v in disk.cosines[1].items()}
+  assert report_runs.distinct_labels([f"{gcs_bucket}/x/seed0", f"{gcs_bucket}/y/seed0"]) == [
+      "x/seed0", "y/seed0"]
+  # The report of the bucket's runs, written into the bucket: the local report's files.
+  written = report.write_report(remote, f"{gcs_bucket}/report")
+  expected = report.write_report(local, str(tmp_path / "report"))
+  assert written == {k: f"{gcs_bucket}/report/{os.path.basename(v)}" for k, v in expected.items()}
+  assert storage.listdir(f"{gcs_bucket}/report") == sorted(os.listdir(tmp_path / "report"))
+  for name, path in expected.items():
+    with open(path, "rb") as f:
+      content = f.read()
+    if name == "table":  # the runs' folder row names where they were read
+      content = content.replace(str(root).encode(), f"{gcs_bucket}/runs".encode())
+    assert storage.read_bytes(written[name]) == content, name

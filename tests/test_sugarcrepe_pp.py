@@ -14,8 +14,8 @@ from flax import nnx
 from PIL import Image
 
 from semclip_jax import data as data_lib
-from semclip_jax import train
-from semclip_jax.data import input_pipeline, sources
+from semclip_jax import storage, train
+from semclip_jax.data import input_pipeline, readers, sources
 from semclip_jax.evaluators import CCNegEvaluator, sugarcrepe_pp
 from semclip_jax.evaluators.embed import Encoder, EvalRound, count_compilations
 from semclip_jax.evaluators.sugarcrepe_pp import SugarCrepePPEvaluator
@@ -203,6 +203,18 @@ def test_missing_image_folder_or_file_names_where_it_looked(tmp_path):
   (images / "swap_att_1.jpg").unlink()
   with pytest.raises(FileNotFoundError, match=r"swap_att_1\.jpg.*images"):
     SugarCrepePPEvaluator.from_json(str(tmp_path / "scpp"), str(images), _data_config())
+
+
+def test_images_in_a_bucket_are_checked_there(tmp_path, gcs_bucket):
+  names = _write_official(tmp_path / "scpp", {"swap_att": 4})
+  triples = readers.sugarcrepe_triples([str(tmp_path / "scpp")])
+  storage.upload_folder(str(_write_images(tmp_path / "images", names)), f"{gcs_bucket}/coco")
+  sugarcrepe_pp.check_images(triples, f"{gcs_bucket}/coco")
+  storage.remove(f"{gcs_bucket}/coco/swap_att_1.jpg")
+  with pytest.raises(FileNotFoundError, match=rf"looked for {gcs_bucket}/coco/swap_att_1\.jpg"):
+    sugarcrepe_pp.check_images(triples, f"{gcs_bucket}/coco")
+  with pytest.raises(FileNotFoundError, match="image folder 'gs://.*/val2017' does not exist"):
+    sugarcrepe_pp.check_images(triples, f"{gcs_bucket}/val2017")
 
 
 def test_split_keeps_subset_labels_of_held_out_images(sugarcrepe_csv, tmp_path):

@@ -14,7 +14,7 @@ import pytest
 import safetensors.numpy
 import transformers
 
-from semclip_jax import checkpointing, hf, openclip, report_runs, train
+from semclip_jax import checkpointing, hf, openclip, report_runs, storage, train
 from semclip_jax import config as config_lib
 from semclip_jax.data import input_pipeline
 from semclip_jax.evaluators.embed import count_compilations
@@ -145,44 +145,77 @@ FAST_COMPILE = {**os.environ, "XLA_FLAGS": os.environ.get("XLA_FLAGS", "")
                 + " --xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"}
 
 
-def _wait_for_checkpoint(process, workdir, step, timeout=300):
-  deadline = time.time() + timeout
-  while not (workdir / "checkpoints" / str(step)).is_dir():
+def _kill_after_checkpoint(command, env, saved) -> None:
+  """Starts `command` and SIGKILLs it once `saved()` says a checkpoint is complete."""
+  process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+  deadline = time.time() + 300
+  while not saved():
     assert process.poll() is None, "the run ended before it could be interrupted"
     assert time.time() < deadline, "no checkpoint appeared"
     time.sleep(0.02)
+  process.kill()
+  process.wait()
 
 
 @pytest.mark.slow
-def test_resume_after_sigkill_is_exact(tmp_path):
-  full, killed = tmp_path / "full", tmp_path / "killed"
-  subprocess.run(_command(full, total_steps=24), check=True, cwd=REPO, capture_output=True,
-                 env=FAST_COMPILE)
-  process = subprocess.Popen(_command(killed, total_steps=24), cwd=REPO, env=FAST_COMPILE,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-  _wait_for_checkpoint(process, killed, 8)
-  process.kill()
-  process.wait()
-  assert not (killed / "hf").exists()  # really interrupted
-  subprocess.run(_command(killed, total_steps=24), check=True, cwd=REPO, capture_output=True,
-                 env=FAST_COMPILE)
+def test_resume_after_sigkill_is_exact_on_disk_and_in_a_bucket(tmp_path, gcs_bucket):
+  """One uninterrupted run on disk; the same run killed after a checkpoint and resumed, on disk
+  and with --workdir=gs://... (the emulator), where it is also exported and evaluated."""
+  full, killed, run = tmp_path / "full", tmp_path / "killed", f"{gcs_bucket}/runs/shapes"
+  env = {**os.environ, "XLA_FLAGS": FAST_COMPILE["XLA_FLAGS"]}  # with the emulator's variables
+  subprocess.run(_command(full, total_steps=16), check=True, cwd=REPO, capture_output=True,
+                 env=env)
+  _kill_after_checkpoint(_command(killed, total_steps=16), env,
+                         lambda: (killed / "checkpoints" / "8").is_dir())
+  # On an object store orbax commits a step by writing a marker object last.
+  _kill_after_checkpoint(_command(run, total_steps=16), env,
+                         lambda: storage.isfile(f"{run}/checkpoints/4/commit_success.txt"))
+  assert not (killed / "hf").exists() and not storage.exists(f"{run}/hf")  # really interrupted
+  assert not list(REPO.glob("gs:*")) and not list(tmp_path.glob("gs:*"))
+  subprocess.run(_command(killed, total_steps=16), check=True, cwd=REPO, capture_output=True,
+                 env=env)
+  resumed = subprocess.run(_command(run, "--config.data.test_split=test", total_steps=16),
+                           cwd=REPO, capture_output=True, env=env, text=True)
+  assert resumed.returncode == 0, resumed.stderr[-3000:]
+  assert "resumed from step 4" in resumed.stderr
 
   a = safetensors.numpy.load_file(str(full / "hf" / "model.safetensors"))
-  b = safetensors.numpy.load_file(str(killed / "hf" / "model.safetensors"))
-  assert a.keys() == b.keys()
-  for key in a:
-    assert np.array_equal(a[key], b[key]), key
-  assert _losses(killed) == _losses(full)  # every step's loss, the replayed ones included
-  # The steps the killed run logged after checkpoint 8 were dropped when the rerun replayed them:
-  # metrics.jsonl holds each step once, in order.
-  logged_steps = [m["step"] for m in read_metrics(killed) if "loss" in m]
-  assert logged_steps == list(range(1, 25))
+  for workdir in (str(killed), run):
+    with storage.local_copy(f"{workdir}/hf/model.safetensors") as exported:
+      b = safetensors.numpy.load_file(exported)
+    assert a.keys() == b.keys()
+    for key in a:
+      assert np.array_equal(a[key], b[key]), (workdir, key)
+    assert _losses(workdir) == _losses(full)  # every step's loss, the replayed ones included
+    # The steps the killed run logged after its checkpoint were dropped when the rerun replayed
+    # them: metrics.jsonl holds each step once, in order.
+    assert [m["step"] for m in read_metrics(workdir) if "loss" in m] == list(range(1, 17))
+  assert storage.glob(f"{run}/tensorboard", "events.out.tfevents.*")
+  trained = train.read_results(run)
+  assert "test/ccneg/accuracy" in trained
+  # Scored again from the bucket alone: --mode=eval finds the run's config.json there.
+  scored = subprocess.run([sys.executable, "-m", "semclip_jax.main", f"--workdir={run}",
+                           "--mode=eval"], cwd=REPO, capture_output=True, env=env, text=True)
+  assert scored.returncode == 0, scored.stderr[-3000:]
+  assert train.read_results(run) == trained
+
+
+def test_a_workdir_scheme_it_cannot_open_is_one_error_before_anything_is_written(tmp_path):
+  # (storage.check's cases are in test_storage.py; this is the command line's end of it.)
+  result = subprocess.run(_command("s3://bucket/run"), cwd=tmp_path, capture_output=True,
+                          text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+  assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+  assert result.stderr.strip().splitlines()[-1] == (
+      "python -m semclip_jax.main: error: --workdir: 's3://bucket/run': the scheme 's3://' is "
+      "not supported (local paths and gs:// are)"), result.stderr
+  assert not list(tmp_path.iterdir())  # no local folder named "s3:"
 
 
 @pytest.mark.slow
 def test_sigterm_saves_a_restorable_checkpoint(tmp_path):
   process = subprocess.Popen(_command(tmp_path, "--config.checkpoint.every_steps=1000"), cwd=REPO,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                             env=FAST_COMPILE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
   deadline = time.time() + 300
   while not (tmp_path / "metrics.jsonl").exists() or len(read_metrics(tmp_path)) < 5:
     assert process.poll() is None and time.time() < deadline

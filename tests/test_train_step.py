@@ -114,7 +114,7 @@ def test_gradient_accumulation_equals_one_large_batch_for_per_sample_terms(mesh_
   batch = _triples(seed=1)
   mesh = None if mesh_shape is None else sharding.make_mesh(*mesh_shape)
   results = []
-  for k in ((1, 2, 4) if mesh is None else (1, 2)):  # micro-batches must fill the 8 devices
+  for k in ((1, 4) if mesh is None else (1, 2)):  # micro-batches must fill the 8 devices
     step = train_step.make_train_step(graphdef, tx, mesh=mesh, grad_accum_steps=k, donate=False)
     placed = jax.tree.map(jnp.asarray, batch) if mesh is None else sharding.global_batch(batch, mesh)
     new_state, metrics = step(state, placed)

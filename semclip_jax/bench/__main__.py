@@ -1,4 +1,4 @@
-"""Benchmarks: `python -m semclip_jax.bench --what=step|input|cache|peak|all|loss_memory|pod|eval`.
+"""Benchmarks: `python -m semclip_jax.bench --what=step|input|cache|peak|all|loss_memory|pod|eval|save`.
 
 `step` times the full training step (image tower on B images, text tower on the 3B captions in one
 call, loss, backward, AdamW update) after compilation and warm-up: median step time, samples/s,
@@ -26,6 +26,9 @@ devices) and `pod` (the full step compiled, not run, for 256 forced host devices
 minutes). The same step against open_clip in PyTorch: `python -m semclip_jax.bench.peers`.
 
 `eval` times two eval rounds of the sugarcrepe_pp config's evaluators (`bench.evaluation`).
+
+`save` times a checkpoint save of the `--preset` train state to disk, waited for: a preemption
+save's budget (`bench.checkpoint_save`).
 """
 
 from __future__ import annotations
@@ -36,8 +39,8 @@ from typing import Any, Sequence
 
 import jax
 
-from semclip_jax.bench import (cached_step, evaluation, input_rate, peak, results as results_lib,
-                               scale, step)
+from semclip_jax.bench import (cached_step, checkpoint_save, evaluation, input_rate, peak,
+                               results as results_lib, scale, step)
 from semclip_jax.progress import HelpFormatter  # the commands' one --help layout
 
 # --what -> the module that measures it. Each module has `add_arguments(parser)` (its flags; every
@@ -53,6 +56,7 @@ MODES: dict[str, ModuleType] = {
     "loss_memory": scale,
     "pod": scale,
     "eval": evaluation,
+    "save": checkpoint_save,
 }
 # --what names that run several modes in turn. `all` leaves out the scale simulations (the pod
 # compiles for minutes).

@@ -2,15 +2,14 @@
 
 `default_config()` describes a dataset, its splits and its pipeline; `make_source(config, split)`
 builds the source of one split ("train", "val" or "test"): the built-in shapes, a CSV/JSONL +
-image folder, or ArrayRecord shards.
+image folder, or ArrayRecord shards. Every path may be local or gs:// (`semclip_jax.storage`).
 """
 
 from __future__ import annotations
 
-import os
-
 import ml_collections
 
+from semclip_jax import storage
 from semclip_jax.data import input_pipeline, sources
 
 KINDS = ("shapes", "csv", "array_record")
@@ -22,6 +21,9 @@ def default_config() -> ml_collections.ConfigDict:
   c.path = ""  # csv: the CSV/JSONL of triples; array_record: the folder of training shards
   c.eval_path = ""  # array_record: the folder of validation shards
   c.test_path = ""  # array_record: the folder of test shards
+  # array_record with gs:// shards: the host's folder of their local copies (ArrayRecord reads
+  # local files only), reused while the objects are unchanged; "" = storage.default_cache_root()
+  c.shard_cache_dir = ""
   c.image_dir = ""  # csv: folder the image file names are relative to
   c.layout = ml_collections.config_dict.placeholder(str)  # csv: ccneg | sugarcrepe_pp; unset = detect
   c.split_column = ml_collections.config_dict.placeholder(str)  # csv: explicit split column
@@ -67,7 +69,8 @@ def make_source(config: ml_collections.ConfigDict, split: str | None):
                         image_size=config.shapes_render_size)
   if config.kind == "csv":
     for field in ("path", "image_dir"):
-      if not config[field] or not os.path.exists(config[field]):
+      if not config[field] or not storage.exists(storage.check(config[field],
+                                                               f"config.data.{field}")):
         raise FileNotFoundError(f"config.data.{field}={config[field]!r} does not exist")
     return sources.csv_source(config.path, config.image_dir, split=split, layout=config.layout,
                               split_column=config.split_column, ratios=tuple(config.ratios),
@@ -76,7 +79,9 @@ def make_source(config: ml_collections.ConfigDict, split: str | None):
                               ccneg_val_fraction=config.ccneg_val_fraction)
   if config.kind == "array_record":
     field = {config.train_split: "path", config.test_split: "test_path"}.get(split, "eval_path")
-    if not config[field] or not os.path.exists(config[field]):
+    if not config[field] or not storage.exists(storage.check(config[field],
+                                                             f"config.data.{field}")):
       raise FileNotFoundError(f"config.data.{field}={config[field]!r} does not exist")
-    return sources.ArrayRecordSource(config[field])
+    return sources.ArrayRecordSource(config[field],
+                                     cache_dir=config.get("shard_cache_dir") or None)
   raise ValueError(f"unknown config.data.kind {config.kind!r}; choose one of {list(KINDS)}")

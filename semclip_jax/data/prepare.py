@@ -36,6 +36,10 @@ A shard is written under a temporary name, renamed when complete and then record
 `progress.json` (one per folder): rerunning the same command redoes only incomplete shards, so an
 interrupted run resumes without duplicates or losses, and a finished one only prints its summary.
 
+Every path (inputs, `--image_dir`, `--triples`, `--output_dir`) may be local or gs://bucket/...
+(`semclip_jax.storage`): shards are written locally and uploaded as whole objects, and a bucket
+folder resumes as a local one does. Any other scheme is refused at start, naming the option.
+
 This module is the command line only (options, their checks, which reader feeds the writer): the
 formats are read by `readers` and written by `shard_writer`, which library code imports instead.
 """
@@ -44,11 +48,10 @@ from __future__ import annotations
 
 import argparse
 import functools
-import glob
-import os
 import sys
 from typing import Any, Callable, Mapping, Sequence
 
+from semclip_jax import storage
 from semclip_jax.data import readers, sources
 from semclip_jax.data.shard_writer import Counted, Item, PrepareError, write_shards
 from semclip_jax.progress import HelpFormatter
@@ -62,9 +65,16 @@ SPLIT_FIELDS = {"train": "path", "val": "eval_path", "test": "test_path"}
 # ----------------------------------------------------------------------------------------------
 # Library entry and command line.
 # ----------------------------------------------------------------------------------------------
-def _check_options(fmt: str, inputs: Sequence[str], image_dir: str | None, triples: str | None,
-                   csv_only: Sequence[Any], split: str | None) -> list[str]:
-  """The input paths, made absolute, after checks that need no reading."""
+def _check_options(fmt: str, inputs: Sequence[str], output_dir: str, image_dir: str | None,
+                   triples: str | None, csv_only: Sequence[Any], split: str | None) -> list[str]:
+  """The input paths, made absolute, after checks that need no reading (a path of a scheme
+  `storage` cannot open is refused first, naming its option: nothing is read or written)."""
+  storage.check(output_dir, "--output_dir")
+  for path in inputs:
+    storage.check(path, "--input")
+  for option, path in (("--image_dir", image_dir), ("--triples", triples)):
+    if path is not None:
+      storage.check(path, option)
   if fmt not in FORMATS:
     raise PrepareError(f"unknown format {fmt!r}; choose one of {FORMATS}")
   if fmt != "webdataset" and image_dir is None:
@@ -76,16 +86,17 @@ def _check_options(fmt: str, inputs: Sequence[str], image_dir: str | None, tripl
   if fmt == "webdataset" and split is not None:
     raise PrepareError("--split does not apply to --format=webdataset; split the tars instead")
   for path in [*inputs, *([triples] if triples else [])]:
-    if not os.path.exists(path):
+    if not storage.exists(path):
       raise PrepareError(f"input not found: {path}")
   if fmt in ("csv", "ccneg_pt") and len(inputs) != 1:
     raise PrepareError(f"--format={fmt} takes exactly one --input, got {len(inputs)}")
-  if fmt == "webdataset":  # a folder stands for its tars
-    inputs = [t for p in inputs for t in (sorted(glob.glob(os.path.join(p, "*.tar")))
-                                          if os.path.isdir(p) else [p])]
+  if fmt == "webdataset":  # a folder stands for its tars (not hidden ones: macOS's ._x.tar)
+    inputs = [t for p in inputs for t in (
+        [t for t in storage.glob(p, "*.tar") if not storage.basename(t).startswith(".")]
+        if storage.isdir(p) else [p])]
     if not inputs:
       raise PrepareError("no .tar shards in the --input folder(s)")
-  return [os.path.abspath(p) for p in inputs]
+  return [storage.absolute(p) for p in inputs]
 
 
 def prepare(fmt: str, inputs: Sequence[str], output_dir: str, *, image_dir: str | None = None,
@@ -99,13 +110,14 @@ def prepare(fmt: str, inputs: Sequence[str], output_dir: str, *, image_dir: str 
   """Converts one input (see the module docstring) into shards in `output_dir`; returns the
   summary, for `split="all"` {split: summary} of the folders `<output_dir>/<split>`. Structural
   errors raise PrepareError (a ValueError)."""
-  paths = _check_options(fmt, inputs, image_dir, triples, (layout, columns, split_column), split)
+  paths = _check_options(fmt, inputs, output_dir, image_dir, triples,
+                         (layout, columns, split_column), split)
   if split_by not in sources.SPLIT_BY:
     raise PrepareError(f"unknown split_by {split_by!r}; choose one of {sources.SPLIT_BY}")
   if split not in (None, ALL, *sources.SPLITS):
     raise PrepareError(f"unknown split {split!r}; choose one of {(*sources.SPLITS, ALL)}")
-  image_dir = image_dir and os.path.abspath(image_dir)
-  triples = triples and os.path.abspath(triples)
+  image_dir = image_dir and storage.absolute(image_dir)
+  triples = triples and storage.absolute(triples)
   choose = dict(ratios=ratios, seed=split_seed, ccneg_official=ccneg_official,
                 split_column=split_column, split_by=split_by,
                 ccneg_val_fraction=ccneg_val_fraction)
@@ -136,7 +148,7 @@ def prepare(fmt: str, inputs: Sequence[str], output_dir: str, *, image_dir: str 
       triples_, errors = rows()
       chosen = sources.select_split(triples_, split, **choose)
       return Counted((Item(t.id, t.caption, t.paraphrase, t.negation, error=errors.get(t.id),
-                           image_path=os.path.join(image_dir, t.image), image_key=t.image)
+                           image_path=storage.join(image_dir, t.image), image_key=t.image)
                       for t in chosen), len(chosen))  # workers read the images
 
     return write_shards(reader, folder, settings, records_per_shard=records_per_shard,
@@ -149,7 +161,7 @@ def prepare(fmt: str, inputs: Sequence[str], output_dir: str, *, image_dir: str 
     return summary
   summaries = {}
   for name in sources.SPLITS:
-    summaries[name] = write(name, os.path.join(output_dir, name))
+    summaries[name] = write(name, storage.join(output_dir, name))
     if not summaries[name]["written"]:
       log(f"warning: split {name!r} has no records; change --ratios or the split options")
   log(_usage(fmt, split, output_dir))
@@ -161,7 +173,7 @@ def _usage(fmt: str, split: str | None, output_dir: str) -> str:
   flag = lambda name, folder: f"--config.data.{SPLIT_FIELDS[name]}={folder}"
   if split == ALL:
     return "train with: --config.data.kind=array_record " + " ".join(
-        flag(name, os.path.join(output_dir, name)) for name in sources.SPLITS)
+        flag(name, storage.join(output_dir, name)) for name in sources.SPLITS)
   if split is not None:
     return f"use with: --config.data.kind=array_record {flag(split, output_dir)}"
   if fmt == "webdataset":
@@ -190,7 +202,7 @@ def _parser() -> argparse.ArgumentParser:
   add("--input", required=True, nargs="+",
       help="input file(s); a folder stands for its webdataset tars or SugarCrepe++ subset files")
   add("--output_dir", required=True, help="gets the shards, progress.json and summary.json "
-      "(--split=all: in its train, val and test folders)")
+      "(--split=all: in its train, val and test folders); local or gs://bucket/folder")
   add("--image_dir", help="image folder (ccneg_pt: the CC-Neg folder or its image folder)")
   add("--triples", help="webdataset, ccneg_pt: CSV/JSONL of caption, paraphrase, negation")
   add("--layout", choices=sorted(sources.LAYOUTS), help="csv: the paper's layout; unset: "

@@ -10,16 +10,21 @@
 (The paper's CSV layouts are read by `sources.read_triples`.) Structural problems (a missing
 column or field, an unreadable file) raise `shard_writer.PrepareError`; a record that is merely
 bad carries a skip reason and is counted by the shard writer.
+
+Inputs and image folders may be local or gs:// (`semclip_jax.storage`): tars are read through
+seekable object files, the .pt by `torch_files.torch_load` (a gs:// one from a local copy).
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import json
 import os
 import tarfile
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
-from semclip_jax import torch_files
+from semclip_jax import storage, torch_files
 from semclip_jax.data import sources
 from semclip_jax.data.shard_writer import Item, PrepareError, Reader
 
@@ -56,10 +61,27 @@ def _dig(value: Any, *keys: str) -> Any:
   return value
 
 
-def _ccneg_image(path: str, image_dir: str) -> str:
-  """The image's path under `image_dir`: below the CC-Neg root if it is there, else its name."""
+def _file_test(image_dir: str) -> Callable[[str], bool]:
+  """Whether `image_dir`/relative exists: os.path.exists for a local folder; for a gs:// one, a
+  listing per folder of names (one request per 1,000 names, not one per image)."""
+  if not storage.is_remote(image_dir):
+    return lambda relative: os.path.exists(os.path.join(image_dir, relative))
+
+  @functools.cache
+  def names(folder: str) -> frozenset[str]:
+    try:
+      return frozenset(storage.listdir(storage.join(image_dir, folder) if folder else image_dir))
+    except (FileNotFoundError, NotADirectoryError):
+      return frozenset()
+
+  return lambda relative: os.path.basename(relative) in names(os.path.dirname(relative))
+
+
+def _ccneg_image(path: str, exists: Callable[[str], bool]) -> str:
+  """The image's path under the image folder (`exists` tests a path relative to it): below the
+  CC-Neg root if it is there, else its name."""
   relative = path[len(CCNEG_PATH_PREFIX):] if path.startswith(CCNEG_PATH_PREFIX) else path
-  if not os.path.isabs(relative) and os.path.exists(os.path.join(image_dir, relative)):
+  if not os.path.isabs(relative) and exists(relative):
     return relative
   return os.path.basename(path)
 
@@ -70,7 +92,7 @@ def ccneg_triples(path: str, image_dir: str, side: Mapping[str, tuple[Any, Any]]
   "image_paths" and "annotations", annotation["json"]["caption"] the caption and
   annotation["sop_data"]["negative-prompt"] the negation. Paraphrases come from `side`."""
   # weights_only: the release holds only lists, dicts and strings; never run pickled code.
-  data = torch_files.torch_load(path, PrepareError)
+  data = torch_files.torch_load(path, PrepareError)  # a gs:// file: from a local copy
   if not isinstance(data, dict) or not {"image_paths", "annotations"} <= set(data):
     found = sorted(map(str, data)) if isinstance(data, dict) else type(data).__name__
     raise PrepareError(f"{path}: expected a dict with 'image_paths' and 'annotations', got {found}")
@@ -78,6 +100,7 @@ def ccneg_triples(path: str, image_dir: str, side: Mapping[str, tuple[Any, Any]]
   if len(paths) != len(annotations):
     raise PrepareError(f"{path}: {len(paths)} image_paths but {len(annotations)} annotations")
   triples, errors = [], {}
+  exists = _file_test(image_dir)
   for i, (image, annotation) in enumerate(zip(paths, annotations)):
     caption = _dig(annotation, "json", "caption")
     negation = _dig(annotation, "sop_data", "negative-prompt")
@@ -86,7 +109,7 @@ def ccneg_triples(path: str, image_dir: str, side: Mapping[str, tuple[Any, Any]]
     paraphrase = side.get(caption, (None,))[0] if isinstance(caption, str) else None
     if paraphrase is None:
       errors[f"ccneg:{i}"] = NO_PARAPHRASE
-    triples.append(sources.Triple(f"ccneg:{i}", _ccneg_image(str(image), image_dir), caption,
+    triples.append(sources.Triple(f"ccneg:{i}", _ccneg_image(str(image), exists), caption,
                                   paraphrase, negation))
   return triples, errors
 
@@ -98,13 +121,13 @@ def sugarcrepe_triples(inputs: Sequence[str]) -> list[sources.Triple]:
   files map id -> record: both are read."""
   files = []
   for path in inputs:
-    found = [os.path.join(path, f"{s}.json") for s in SUGARCREPE_SUBSETS]
-    files += [p for p in found if os.path.isfile(p)] if os.path.isdir(path) else [path]
+    found = [storage.join(path, f"{s}.json") for s in SUGARCREPE_SUBSETS]
+    files += [p for p in found if storage.isfile(p)] if storage.isdir(path) else [path]
   triples = []
   for path in files:
-    subset = os.path.splitext(os.path.basename(path))[0]
+    subset = os.path.splitext(storage.basename(path))[0]
     try:
-      with open(path, encoding="utf-8") as f:
+      with storage.open(path, encoding="utf-8") as f:
         data = json.load(f)
     except (OSError, ValueError) as e:
       raise PrepareError(f"{path}: unreadable JSON: {e}") from e
@@ -162,6 +185,17 @@ def _webdataset_item(tar: tarfile.TarFile, key: str, members: dict, side: Mappin
               error=NO_TRIPLE if paraphrase is None and negation is None else None)
 
 
+@contextlib.contextmanager
+def _open_tar(path: str) -> Iterator[tarfile.TarFile]:
+  """A tar shard, local or a gs:// object (read through a seekable object file)."""
+  if not storage.is_remote(path):
+    with tarfile.open(path) as tar:
+      yield tar
+    return
+  with storage.open(path, "rb") as f, tarfile.open(fileobj=f) as tar:
+    yield tar
+
+
 def webdataset_reader(tars: Sequence[str], side: Mapping[str, tuple[Any, Any]]) -> Reader:
   """The samples of webdataset `tars`, in order: caption from `.txt` (else the `.json`'s
   "caption"), paraphrase and negation from the `.json`, else from `side` (caption ->
@@ -170,7 +204,7 @@ def webdataset_reader(tars: Sequence[str], side: Mapping[str, tuple[Any, Any]]) 
     index = 0
     for path in tars:
       try:
-        with tarfile.open(path) as tar:
+        with _open_tar(path) as tar:
           for key, members in _tar_samples(tar):
             yield _webdataset_item(tar, key, members, side) if wanted(index) else None
             index += 1

@@ -12,6 +12,10 @@ run resumes without duplicates or losses, and a finished one only prints its sum
 works, `progress.Progress` reports records done (of the total, when the reader knows it), written
 and skipped, with rate and ETA, on stderr.
 
+The output folder and image paths may be local or gs:// (`semclip_jax.storage`): a shard is then
+written to a local temporary file and uploaded as one object when complete (`atomic_io`), and
+progress is read back from the bucket, so a run resumes from any host.
+
 Used by `python -m semclip_jax.data.prepare` (with `readers`) and by the triple generation tool
 (`triples.files`), which rewrites shards with new paraphrases and negations.
 """
@@ -22,7 +26,6 @@ import collections
 import collections.abc
 import concurrent.futures
 import dataclasses
-import glob
 import io
 import itertools
 import json
@@ -32,7 +35,7 @@ from typing import Any, Callable, Iterable, Iterator, Mapping
 import numpy as np
 from PIL import Image
 
-from semclip_jax import atomic_io
+from semclip_jax import atomic_io, storage
 from semclip_jax.data import sources
 from semclip_jax.progress import Progress
 
@@ -99,7 +102,7 @@ def _image_bytes(item: Item) -> tuple[bytes | None, str | None]:
   data = item.image
   if data is None:
     try:
-      with open(item.image_path or "", "rb") as f:
+      with storage.open(item.image_path or "", "rb") as f:
         data = f.read()
     except OSError:
       return None, NO_IMAGE
@@ -147,12 +150,13 @@ def _ordered_map(pool: concurrent.futures.Executor, items: Iterable[Item], windo
 # Shards, progress and summary.
 # ----------------------------------------------------------------------------------------------
 def _load_progress(output_dir: str, settings: dict) -> dict:
-  path = os.path.join(output_dir, PROGRESS)
-  if not os.path.exists(path):
-    if glob.glob(os.path.join(output_dir, SHARD_GLOB)):
+  path = storage.join(output_dir, PROGRESS)
+  shards = set(storage.glob(output_dir, SHARD_GLOB))  # one listing, also of a bucket folder
+  if not storage.exists(path):
+    if shards:
       raise PrepareError(f"{output_dir} holds shards but no {PROGRESS}: use an empty folder")
     return {"settings": settings, "shards": {}, "complete": False}
-  with open(path, encoding="utf-8") as f:
+  with storage.open(path, encoding="utf-8") as f:
     progress = json.load(f)
   if progress["settings"] != settings:
     old = progress["settings"]
@@ -160,7 +164,7 @@ def _load_progress(output_dir: str, settings: dict) -> dict:
     raise PrepareError(f"{output_dir} holds a run with other settings (differing: {changed}); "
                        "use another output folder")
   for key in list(progress["shards"]):  # a completed shard deleted since is redone
-    if not os.path.exists(os.path.join(output_dir, SHARD_NAME.format(int(key)))):
+    if storage.join(output_dir, SHARD_NAME.format(int(key))) not in shards:
       del progress["shards"][key]
       progress["complete"] = False
   return progress
@@ -185,7 +189,7 @@ def _summarize(progress: dict, output_dir: str, log: Callable[[str], Any]) -> di
   for key in sorted(progress["shards"]):
     _merge(summary, progress["shards"][key])
   summary.update(shards=len(progress["shards"]), settings=progress["settings"])
-  atomic_io.write_json(os.path.join(output_dir, SUMMARY), summary, indent=1)
+  atomic_io.write_json(storage.join(output_dir, SUMMARY), summary, indent=1)
   log(f"{summary['written']} of {summary['read']} records written to {summary['shards']} shards "
       f"in {output_dir}; {summary['read'] - summary['written']} skipped")
   for reason, entry in sorted(summary["skipped"].items(), key=lambda kv: -kv[1]["count"]):
@@ -209,12 +213,12 @@ def write_shards(reader: Reader, output_dir: str, settings: Mapping[str, Any], *
 
   if records_per_shard < 1:
     raise PrepareError(f"records_per_shard must be positive, got {records_per_shard}")
-  os.makedirs(output_dir, exist_ok=True)
+  storage.makedirs(storage.check(output_dir, "output folder"))
   settings = json.loads(json.dumps({**settings, "records_per_shard": records_per_shard}))
   progress = _load_progress(output_dir, settings)
-  progress_path = os.path.join(output_dir, PROGRESS)
+  progress_path = storage.join(output_dir, PROGRESS)
   for target in (SHARD_GLOB, PROGRESS, SUMMARY):  # what an interrupted run left half-written
-    atomic_io.remove_stray_temps(os.path.join(output_dir, target))
+    atomic_io.remove_stray_temps(storage.join(output_dir, target))
   if progress["complete"]:
     return _summarize(progress, output_dir, log)
   done = set(progress["shards"])
@@ -235,7 +239,7 @@ def write_shards(reader: Reader, output_dir: str, settings: Mapping[str, Any], *
         continue  # groupby skips the rest of the group
       counts = _new_counts()
       # Only a complete shard carries the final name.
-      with atomic_io.replacing(os.path.join(output_dir, SHARD_NAME.format(shard))) as tmp:
+      with atomic_io.replacing(storage.join(output_dir, SHARD_NAME.format(shard))) as tmp:
         writer = ArrayRecordWriter(tmp, writer_options)
         try:
           for item, (record, reason) in _ordered_map(pool, (i for _, i in group), 4 * workers):

@@ -7,6 +7,10 @@ image, shared by every row showing it (triple files: the image's file name; Arra
 cannot be read carries `image=None` and an `error` saying why: the pipeline skips and counts it
 (bad-input policy), nothing raises mid-epoch.
 
+Paths: every file named by a user (triple files, image folders, shard folders) may be local or
+`gs://` (`semclip_jax.storage`); ArrayRecord shards in a bucket are read from checked local copies
+(`storage.cached_local_copy`), since ArrayRecord's reader opens local files only.
+
 Splits (`select_split`): an explicit split column if given; else CC-Neg's official split
 (`ccneg_official_split`: the last 40,000 items test, val carved from the rest by image); else
 `split_by` "image" (default, `split_by_image`: all captions of one image land in one split) or
@@ -26,6 +30,8 @@ from typing import Any, Mapping, Sequence
 
 import msgpack
 import numpy as np
+
+from semclip_jax import storage
 
 logger = logging.getLogger(__name__)
 
@@ -70,8 +76,9 @@ def detect_layout(columns: Sequence[str]) -> str | None:
 
 
 def read_rows(path: str) -> tuple[list[str], list[dict[str, Any]], int]:
-  """(header, rows, number of the first data row) of a CSV (header row 1) or a JSONL file."""
-  with open(path, newline="", encoding="utf-8") as f:
+  """(header, rows, number of the first data row) of a CSV (header row 1) or a JSONL file
+  (local or gs://)."""
+  with storage.open(storage.check(path), newline="", encoding="utf-8") as f:
     if not path.endswith((".jsonl", ".json")):
       reader = csv.DictReader(f)
       return list(reader.fieldnames or []), list(reader), 2
@@ -116,7 +123,7 @@ def read_triples(path: str, *, layout: str | None = None, columns: Mapping[str, 
     except (TypeError, ValueError) as e:
       raise ValueError(f"{path}: row {row_number}: bad {columns['image']!r} value "
                        f"{row[columns['image']]!r}: {e}") from e
-    ident = str(row[columns["id"]]) if "id" in columns else f"{os.path.basename(path)}:{row_number}"
+    ident = str(row[columns["id"]]) if "id" in columns else f"{storage.basename(path)}:{row_number}"
     label = None
     if split_column is not None:
       label = str(row.get(split_column, "")).strip().lower()
@@ -192,7 +199,8 @@ def ccneg_official_split(triples: Sequence[Triple], split: str, *, val_fraction:
 
 
 class TripleFileSource:
-  """grain random-access source over triples whose images are files in `image_dir`."""
+  """grain random-access source over triples whose images are files in `image_dir` (a local
+  folder or a gs:// prefix)."""
 
   def __init__(self, triples: Sequence[Triple], image_dir: str):
     self.triples = list(triples)
@@ -209,9 +217,9 @@ class TripleFileSource:
 
   def __getitem__(self, index: int) -> dict[str, Any]:
     record = self.metadata(index)
-    path = os.path.join(self.image_dir, self.triples[index].image)
+    path = storage.join(self.image_dir, self.triples[index].image)
     try:
-      with open(path, "rb") as f:
+      with storage.open(path, "rb") as f:
         return {**record, "image": f.read()}
     except OSError as e:
       return {**record, "image": None, "error": f"cannot read image {path}: {e.strerror or e}"}
@@ -296,18 +304,26 @@ def record_metadata(source, index: int) -> dict[str, Any]:
 
 
 class ArrayRecordSource:
-  """grain random-access source over ArrayRecord shards of encoded triples."""
+  """grain random-access source over ArrayRecord shards of encoded triples.
 
-  def __init__(self, paths: str | Sequence[str]):
+  `paths`: a folder (its `*.array_record` files, sorted), one shard, or a list of shards; local or
+  gs://. Shards in a bucket are read from local copies under `cache_dir` (None or "": the
+  default, `storage.default_cache_root()`), downloaded once and reused while unchanged. `paths`
+  keeps the names given (what identifies the data); `local_paths` are the files read.
+  """
+
+  def __init__(self, paths: str | Sequence[str], cache_dir: str | None = None):
     import grain  # pylint: disable=import-outside-toplevel
 
     if isinstance(paths, str):
-      paths = [os.path.join(paths, n) for n in sorted(os.listdir(paths))
-               if n.endswith(".array_record")] if os.path.isdir(paths) else [paths]
+      storage.check(paths, "ArrayRecord shards")
+      paths = storage.glob(paths, "*.array_record") if storage.isdir(paths) else [paths]
     if not paths:
       raise FileNotFoundError("no .array_record shards given (or none in the folder)")
     self.paths = list(paths)
-    self._records = grain.sources.ArrayRecordDataSource(self.paths)
+    self.local_paths = storage.cached_local_copy(
+        [storage.check(p, "ArrayRecord shard") for p in self.paths], cache_dir or None)
+    self._records = grain.sources.ArrayRecordDataSource(self.local_paths)
 
   def __len__(self) -> int:
     return len(self._records)

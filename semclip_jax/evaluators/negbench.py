@@ -21,7 +21,9 @@ negated-query file at `negated_path` (COCO_val_negated_retrieval_*.csv).
 
 Images: the released files hold absolute paths from the authors' machines. Each row's path is
 resolved against `image_root` (`resolve_image_paths`), and every file is checked to exist when the
-evaluator is built, so a bad copy fails before training, not after.
+evaluator is built, so a bad copy fails before training, not after. The CSV files, `image_root`
+and the images may be local or `gs://` (see `storage`); a row naming a `gs://` image is used as
+it is.
 """
 
 from __future__ import annotations
@@ -31,12 +33,14 @@ import dataclasses
 import functools
 import logging
 import os
+import posixpath
 from typing import Any, Sequence
 
 import ml_collections
 import numpy as np
 from PIL import Image
 
+from semclip_jax import storage
 from semclip_jax.data import sources
 from semclip_jax.data.input_pipeline import trim_to_bucket
 from semclip_jax.data.tokenizer import CLIPTokenizer
@@ -136,9 +140,10 @@ def retrieval_metrics(images: np.ndarray, texts: np.ndarray, text_image: np.ndar
 def _read(path: str, required: Sequence[str]) -> tuple[list[str], list[dict[str, Any]], int]:
   """(header, rows, file row number of the first data row; the header is row 1), failing on a
   missing file, an empty file, a file without rows and a missing column."""
-  if not os.path.isfile(path):
+  storage.check(path, "NegBench CSV")
+  if not storage.isfile(path):
     raise FileNotFoundError(f"NegBench CSV {path!r} does not exist")
-  header, rows, first = sources.read_rows(path)
+  header, rows, first = sources.read_rows(path)  # local or gs://
   if not header:
     raise ValueError(f"NegBench CSV {path} is empty (no header row)")
   for column in required:
@@ -193,7 +198,13 @@ def parse_captions(path: str, row: int, value: Any, field: str = "captions") -> 
 
 def _within(root: str, relative: str) -> str | None:
   """root/relative, normalised, or None when `..` would lead out of root. Lexical: a symlink
-  inside root (e.g. root/val2017 -> the real folder) is followed, as the user set it up."""
+  inside root (e.g. root/val2017 -> the real folder) is followed, as the user set it up. A gs://
+  root's keys are joined the same way, with '/'."""
+  if storage.is_remote(root):
+    kind, key = root.split("://", 1)
+    base = posixpath.normpath("/" + key)
+    joined = posixpath.normpath(posixpath.join(base, relative))
+    return f"{kind}:/{joined}" if posixpath.commonpath([base, joined]) == base else None
   joined = os.path.normpath(os.path.join(root, relative))
   return joined if os.path.commonpath([root, joined]) == root else None
 
@@ -203,12 +214,18 @@ def resolve_image_paths(path: str, rows: Sequence[int], image_paths: Sequence[st
   """Each row's image file: a relative path joined to `image_root`; an absolute path as it is
   when it exists, else (a path from NegBench's machines) with the directory prefix common to all
   the file's absolute paths that do not exist replaced by `image_root` (so sub-folders below that
-  prefix are kept). Fails, naming the row, on a path that would leave `image_root`."""
-  root = os.path.normpath(os.path.abspath(image_root))
+  prefix are kept). Fails, naming the row, on a path that would leave `image_root`. `image_root`
+  may be a gs:// folder; a gs:// image path is used as it is."""
+  storage.check(image_root, "NegBench image_root")
+  root = (image_root.rstrip("/") if storage.is_remote(image_root)
+          else os.path.normpath(os.path.abspath(image_root)))
   foreign = [os.path.dirname(p) for p in image_paths if os.path.isabs(p) and not os.path.exists(p)]
   prefix = os.path.commonpath(foreign) if foreign else ""
   resolved = []
   for row, image in zip(rows, image_paths):
+    if storage.is_remote(image):
+      resolved.append(storage.check(image, f"{path}: row {row}: image"))
+      continue
     if os.path.isabs(image):
       if os.path.exists(image):
         resolved.append(os.path.normpath(image))
@@ -224,12 +241,30 @@ def resolve_image_paths(path: str, rows: Sequence[int], image_paths: Sequence[st
   return resolved
 
 
+def _existing_files(paths: Sequence[str]) -> set[str]:
+  """The paths of `paths` that are files: local ones checked one by one, gs:// ones by listing
+  each of their folders once (one request per folder, not per image)."""
+  present = {p for p in set(paths) if not storage.is_remote(p) and os.path.isfile(p)}
+  remote: dict[str, set[str]] = {}
+  for p in paths:
+    if storage.is_remote(p):
+      remote.setdefault(storage.dirname(p), set()).add(p)
+  for folder, wanted in remote.items():
+    try:
+      names = set(storage.listdir(folder))
+    except (FileNotFoundError, NotADirectoryError):
+      continue
+    present |= {p for p in wanted if storage.basename(p) in names}
+  return present
+
+
 def check_images(path: str, rows: Sequence[int], originals: Sequence[str],
                  resolved: Sequence[str], image_root: str) -> None:
   """One error for all missing image files, naming the first (row, path in the file, path
   looked for) and how many are missing."""
+  present = _existing_files(resolved)
   missing = [(row, original, found) for row, original, found in zip(rows, originals, resolved)
-             if not os.path.isfile(found)]
+             if found not in present]
   if missing:
     row, original, found = missing[0]
     files = len({found for _, _, found in missing})
@@ -242,7 +277,7 @@ def check_images(path: str, rows: Sequence[int], originals: Sequence[str],
 
 def _image_files(path: str, rows: Sequence[int], originals: Sequence[str],
                  image_root: str | None) -> list[str]:
-  root = image_root or os.path.dirname(os.path.abspath(path))
+  root = image_root or storage.dirname(storage.absolute(path))
   resolved = resolve_image_paths(path, rows, originals, root)
   check_images(path, rows, originals, resolved, root)
   return resolved
@@ -365,7 +400,7 @@ class _ImageFiles:
   def __getitem__(self, index: int) -> dict[str, Any]:
     path = self.paths[index]
     try:
-      with Image.open(path) as image:
+      with storage.open(path, "rb") as f, Image.open(f) as image:
         return {"image": np.asarray(image.convert("RGB")), "label": index}
     except Exception as e:  # PIL raises many types for broken files; name the file
       raise ValueError(f"cannot read NegBench image {path}: {type(e).__name__}: {e}") from e

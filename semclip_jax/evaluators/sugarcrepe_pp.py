@@ -20,12 +20,12 @@ verified order (`CSV_BLOCKS`).
 from __future__ import annotations
 
 import logging
-import os
 from typing import Any, Sequence
 
 import ml_collections
 import numpy as np
 
+from semclip_jax import storage
 from semclip_jax.data import readers, sources
 from semclip_jax.evaluators import metrics
 from semclip_jax.evaluators.embed import CAPTION_KINDS, Metrics, TripleEvaluator
@@ -134,13 +134,14 @@ def check_images(triples: Sequence[sources.Triple], image_dir: str, count: int =
   """Fails early, naming the folder, when it or one of the first `count` images is missing: the
   pipeline's bad-record policy would otherwise skip missing images (failing only past
   `max_bad_fraction`)."""
-  if not os.path.isdir(image_dir):
+  storage.check(image_dir, "SugarCrepe++ image folder")
+  if not storage.isdir(image_dir):
     example = f" (e.g. {triples[0].image})" if triples else ""
     raise FileNotFoundError(f"SugarCrepe++ image folder {image_dir!r} does not exist; it should "
                             f"hold the COCO val2017 images the items name{example}")
   for name in list(dict.fromkeys(t.image for t in triples))[:count]:
-    path = os.path.join(image_dir, name)
-    if not os.path.isfile(path):
+    path = storage.join(image_dir, name)
+    if not storage.isfile(path):
       raise FileNotFoundError(f"SugarCrepe++ image {name!r} not found in {image_dir!r} (looked for "
                               f"{path}); the folder should hold the COCO val2017 images")
 
@@ -221,10 +222,10 @@ class SugarCrepePPEvaluator(TripleEvaluator):
     official `.json` file or a folder of them; `data.image_dir` the images; the items of `split`
     (None: all 4,757), split as for training (`data.split_by`)."""
     path = data_config.path
-    if not path or not os.path.exists(path):
+    if not path or not storage.exists(storage.check(path, "config.data.path")):
       raise FileNotFoundError(f"config.data.path={path!r} (SugarCrepe++ CSV or JSON folder) does "
                               "not exist")
-    build = cls.from_json if os.path.isdir(path) or path.endswith(".json") else cls.from_csv
+    build = cls.from_json if storage.isdir(path) or path.endswith(".json") else cls.from_csv
     return build(path, data_config.image_dir, data_config, split=split)
 
   def subset_names(self) -> list[str]:

@@ -28,6 +28,7 @@ import dataclasses
 import json
 import sys
 
+from semclip_jax import storage
 from semclip_jax.data.triples import backends, files, generate, protocol
 from semclip_jax.progress import HelpFormatter
 
@@ -36,9 +37,10 @@ def _parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(prog="python -m semclip_jax.data.triples",
                                    description=__doc__, formatter_class=HelpFormatter)
   add = parser.add_argument
-  add("--input", help="CSV/JSONL of captions, or ArrayRecord shards (a folder or a file)")
+  add("--input", help="CSV/JSONL of captions, or ArrayRecord shards (a folder or a file); local "
+      "or gs://")
   add("--output", help=".csv or .jsonl (records + paraphrased, negation and flags), or a folder "
-      "of ArrayRecord shards (from ArrayRecord input)")
+      "of ArrayRecord shards (from ArrayRecord input); local or gs://")
   add("--caption_column", default="caption", help="input column of the captions")
   add("--paraphrase_column", default="paraphrased", help="output column of the paraphrases")
   add("--negation_column", default="negation", help="output column of the negations")
@@ -68,7 +70,8 @@ def _parser() -> argparse.ArgumentParser:
   add("--retries", type=int, default=4, help="retries of timeouts, dropped connections, 429, 5xx")
   add("--backoff", type=float, default=1.0, help="seconds before the first retry, then doubled")
   add("--max_backoff", type=float, default=30.0, help="longest wait before a retry, in seconds")
-  add("--cache", help="SQLite cache; unset: <output>.cache.sqlite, or in the output folder")
+  add("--cache", help="SQLite cache, a local file; unset: <output>.cache.sqlite, or in the output "
+      "folder (for a gs:// output: under ~/.cache/semclip_jax/triples_cache)")
   add("--device", help="transformers: cpu, cuda, cuda:1 ...; unset: cuda if available")
   add("--dtype", default="auto", help="transformers: auto, float32, bfloat16, float16")
   add("--records_per_shard", type=int, default=10_000, help="ArrayRecord output")
@@ -79,7 +82,7 @@ def _parser() -> argparse.ArgumentParser:
 def _prompts(path: str | None) -> dict[str, generate.Prompt]:
   if path is None:
     return generate.load_prompts(None)
-  with open(path, encoding="utf-8") as f:
+  with storage.open(storage.check(path, "--prompts"), encoding="utf-8") as f:
     return generate.load_prompts(json.load(f))
 
 

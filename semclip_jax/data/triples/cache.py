@@ -10,7 +10,8 @@ One SQLite table:
 ("paraphrase", "verify_negation", "regenerate_paraphrase", ...). Each `put` is its own transaction
 in WAL mode: once it returns, the answer survives a killed process (synchronous=NORMAL trades only
 the last commits before a power cut, never consistency). Many threads share one connection behind
-a lock; SQLite's own locking lets several processes share a file.
+a lock; SQLite's own locking lets several processes share a file. The file must be local (SQLite
+cannot open a gs:// object): `check_local` refuses any other path, naming the option.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ import sqlite3
 import threading
 import time
 from typing import Any, Mapping
+
+from semclip_jax import storage
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS responses (
@@ -37,10 +40,19 @@ def prompt_key(payload: Mapping[str, Any]) -> str:
   return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
+def check_local(path: str, what: str = "cache") -> str:
+  """`path` if it is a local file name; else a ValueError naming `what` (one line)."""
+  if storage.scheme(path):
+    raise ValueError(f"{what}: {path!r}: the answer cache is a SQLite file and must be local "
+                     "(SQLite cannot open gs:// or other URLs); give a local path")
+  return path
+
+
 class Cache:
   """Answers keyed by (caption, model, prompt, kind); thread-safe."""
 
   def __init__(self, path: str):
+    check_local(path)
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     self.path = path

@@ -11,6 +11,10 @@ becomes shards in two steps: this tool to a CSV, then `python -m semclip_jax.dat
 Files are written with `atomic_io` (a temporary file, synced and renamed), so a reader sees the
 old file or the new one, whole. Statistics go to `<output>.stats.json` (a folder:
 `triples_stats.json` in it).
+
+Input and output may be local or gs:// (`semclip_jax.storage`; a gs:// file or shard is uploaded
+as one object when complete). The answer cache is SQLite, which needs a local file: beside a local
+output by default, under `cache_root()` for a gs:// one, and a gs:// `--cache` is refused.
 """
 
 from __future__ import annotations
@@ -24,9 +28,9 @@ import os
 import time
 from typing import Any, Callable, Mapping, Sequence
 
-from semclip_jax import atomic_io
+from semclip_jax import atomic_io, storage
 from semclip_jax.data import shard_writer, sources
-from semclip_jax.data.triples.cache import Cache
+from semclip_jax.data.triples.cache import Cache, check_local
 from semclip_jax.data.triples.generate import (EMPTY_CAPTION, FAILED, KINDS, FieldResult, Settings,
                                                TripleGenerator)
 from semclip_jax.data.triples.protocol import Backend
@@ -55,7 +59,7 @@ class Table:
 
 
 def read_input(path: str, caption_column: str = "caption") -> Table:
-  if not os.path.exists(path):
+  if not storage.exists(storage.check(path, "--input")):
     raise ValueError(f"input not found: {path}")
   fmt = file_format(path)
   if fmt == "array_record":
@@ -138,11 +142,22 @@ def write_records(table: Table, results: Mapping[str, Mapping[str, FieldResult]]
                                    desc="triples shards")
 
 
+def cache_root() -> str:
+  """The host folder of the answer caches of gs:// outputs (SQLite needs a local file)."""
+  return os.path.join(os.path.dirname(storage.default_cache_root()), "triples_cache")
+
+
 def default_paths(output: str) -> tuple[str, str]:
-  """(cache, statistics) paths beside the output."""
+  """(cache, statistics) paths beside the output; for a gs:// output the cache is local, at
+  `<cache_root()>/gs/<bucket>/<key>` (the same for every run of that output on this host)."""
   if file_format(output) == "array_record":
-    return os.path.join(output, "triples_cache.sqlite"), os.path.join(output, "triples_stats.json")
-  return f"{output}.cache.sqlite", f"{output}.stats.json"
+    cache, stats = (storage.join(output, "triples_cache.sqlite"),
+                    storage.join(output, "triples_stats.json"))
+  else:
+    cache, stats = f"{output}.cache.sqlite", f"{output}.stats.json"
+  if storage.is_remote(cache):
+    cache = os.path.join(cache_root(), storage.scheme(cache), *cache.split("://", 1)[1].split("/"))
+  return cache, stats
 
 
 def log_summary(summary: Mapping[str, Any], log: Callable[[str], Any]) -> None:
@@ -166,6 +181,10 @@ def run(input_path: str, output: str, generator: Backend, verifier: Backend | No
   retry them (ArrayRecord output is then not written yet)."""
   start = time.monotonic()
   columns = {**DEFAULT_COLUMNS, **(columns or {})}
+  storage.check(input_path, "--input")
+  storage.check(output, "--output")
+  if cache_path is not None:
+    check_local(cache_path, "--cache")
   if file_format(output) == "array_record" and file_format(input_path) != "array_record":
     raise ValueError(_SHARDS_NEED_RECORDS)
   table = read_input(input_path, caption_column)
@@ -185,7 +204,7 @@ def run(input_path: str, output: str, generator: Backend, verifier: Backend | No
   if file_format(output) != "array_record":
     write_table(output, *output_rows(table, results, caption_column, columns))
   elif failures == 0:
-    settings_id = {"tool": "triples", "input": os.path.abspath(input_path),
+    settings_id = {"tool": "triples", "input": storage.absolute(input_path),
                    "generator": generator.model_id, "verifier": (verifier or generator).model_id}
     summary["shards"] = write_records(table, results, output, settings_id,
                                       records_per_shard=records_per_shard, log=log)
@@ -196,5 +215,6 @@ def run(input_path: str, output: str, generator: Backend, verifier: Backend | No
         "retry them" + ("" if file_format(output) != "array_record" else
                         "; the shards are written once none fails"))
   log(f"{len(table.rows)} records, {len(results)} distinct captions -> {output} "
-      f"(statistics: {stats_path})")
+      f"(statistics: {stats_path}" + (f"; answer cache: {cache_path or default_cache}"
+                                      if cacheable and storage.is_remote(output) else "") + ")")
   return summary
