@@ -174,7 +174,7 @@ def _run_pair(workdir, total_steps: int) -> None:
 
 @pytest.mark.slow
 def test_preempted_two_process_run_saves_one_step_and_resumes_bitwise(tmp_path):
-  full, preempted, total = tmp_path / "full", tmp_path / "preempted", 4
+  full, preempted, total = tmp_path / "full", tmp_path / "preempted", 3
   _run_pair(full, total)
 
   with _running_pair(preempted, total) as pair:
