@@ -100,16 +100,3 @@ def gcs_bucket(gcs_emulator, request) -> str:
   fsspec.filesystem("gs", use_listings_cache=False).mkdir(name)
   return f"gs://{name}"
 
-
-def pytest_collection_modifyitems(items):
-  """Spreads the tests marked slow (half a minute to two minutes each) over the two halves of the
-  run order. pytest-xdist's work stealing first hands each of the two workers one contiguous half
-  of this order (or one worker all of it, the other then stealing the second half), and a worker
-  steals from the end of the other's queue: so each half starts with its share of the slow tests,
-  alternating, and ends with fast ones that balance the finish. In collection order the slow
-  tests bunched up in a few files and one worker often ran the longest of them alone at the end."""
-  slow = [item for item in items if item.get_closest_marker("slow")]
-  fast = [item for item in items if not item.get_closest_marker("slow")]
-  first, second = slow[0::2], slow[1::2]
-  split = max(len(items) // 2 - len(first), 0)
-  items[:] = first + fast[:split] + second + fast[split:]
