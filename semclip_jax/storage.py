@@ -258,6 +258,12 @@ def default_cache_root() -> str:
                       "semclip_jax", "objects")
 
 
+def local_mirror(path: str, root: str) -> str:
+  """Where a host keeps its local file for the remote `path`: `<root>/<scheme>/<bucket>/<key>`,
+  the same for every process and run on the host."""
+  return os.path.join(root, scheme(path), *_key(path).split("/"))
+
+
 def cached_local_copy(paths: Sequence[str], cache_root: str | None = None) -> list[str]:
   """Local copies of remote files (local paths are returned as they are), for readers that only
   open local files (ArrayRecord's). A copy lives at `<cache_root>/<scheme>/<bucket>/<key>` with
@@ -270,7 +276,7 @@ def cached_local_copy(paths: Sequence[str], cache_root: str | None = None) -> li
     if not is_remote(path):
       local.append(path)
       continue
-    target = os.path.join(cache_root, scheme(path), *_key(path).split("/"))
+    target = local_mirror(path, cache_root)
     info = _fs(path).info(path)
     identity = " ".join(str(info.get(k)) for k in ("generation", "crc32c", "md5Hash", "size"))
     note = target + ".source"

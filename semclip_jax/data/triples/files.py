@@ -156,7 +156,7 @@ def default_paths(output: str) -> tuple[str, str]:
   else:
     cache, stats = f"{output}.cache.sqlite", f"{output}.stats.json"
   if storage.is_remote(cache):
-    cache = os.path.join(cache_root(), storage.scheme(cache), *cache.split("://", 1)[1].split("/"))
+    cache = storage.local_mirror(cache, cache_root())
   return cache, stats
 
 
