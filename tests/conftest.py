@@ -1,4 +1,5 @@
-"""Test session setup: 8 host CPU devices for real meshes, and no network for model hubs."""
+"""Test session setup: 8 host CPU devices for real meshes, fast XLA compilation, a shared
+compilation cache, no network for model hubs, and a GCS emulator."""
 
 import atexit
 import hashlib
@@ -9,9 +10,18 @@ import tempfile
 import time
 import urllib.request
 
-# Must be set before jax is first imported anywhere in the session.
-os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
-                           " --xla_force_host_platform_device_count=8").strip()
+# Must be set before jax is first imported anywhere in the session; the `main` subprocesses that
+# tests start inherit them.
+# - 8 host CPU devices: real meshes.
+# - CPU kernels compiled without LLVM's optimizations (and its expensive passes): the suite's
+#   time is mostly XLA compilation of tiny programs (on 2 cores: 888 s with optimized kernels,
+#   735 s without). The programs compute the same operations; only the machine code is slower.
+#   Results may differ from an optimized build in the last bits, as they do between CPU models,
+#   so no test compares with numbers from another build: bitwise comparisons are between runs
+#   of this session.
+os.environ["XLA_FLAGS"] = " ".join([
+    os.environ.get("XLA_FLAGS", ""), "--xla_force_host_platform_device_count=8",
+    "--xla_backend_optimization_level=0", "--xla_llvm_disable_expensive_passes=true"]).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # One persistent XLA compilation cache for the session, shared with the `main` subprocesses the
 # tests start: many tests compile the same tiny programs (and a resumed run those of the first

@@ -596,10 +596,9 @@ def test_notebook_runs_top_to_bottom_in_quick_mode(tmp_path, monkeypatch, capsys
   """Every cell but the Colab-only ones (install, Drive, the Hub token), in order, in one
   namespace as a kernel would, with QUICK on and /content replaced by a temporary folder."""
   monkeypatch.chdir(tmp_path)
-  # The training subprocesses on one CPU device (the session forces 8 for its meshes), compiled
-  # without the slow LLVM passes: this checks that the notebook runs, not its numbers.
-  monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=1 "
-                     "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true")
+  # The training subprocesses on one CPU device (the session forces 8 for its meshes).
+  monkeypatch.setenv("XLA_FLAGS", os.environ["XLA_FLAGS"].replace(
+      "--xla_force_host_platform_device_count=8", "--xla_force_host_platform_device_count=1"))
   namespace = {"__name__": "__main__", "REPO_DIR": str(REPO)}
   skipped = []
   with warnings.catch_warnings(record=True) as caught:

@@ -34,12 +34,10 @@ def _free_port() -> int:
 
 def _process_env(port: int, process: int, processes: int = 2) -> dict[str, str]:
   """The environment of simulated process `process`: one CPU device each (the session's 8 would
-  make 16 devices), the coordinator on localhost, and fast compilation (these runs compare with
-  each other only)."""
+  make 16 devices) and the coordinator on localhost."""
   flags = [f for f in os.environ.get("XLA_FLAGS", "").split()
            if not f.startswith("--xla_force_host_platform_device_count")]
-  flags += ["--xla_force_host_platform_device_count=1", "--xla_backend_optimization_level=0",
-            "--xla_llvm_disable_expensive_passes=true"]
+  flags += ["--xla_force_host_platform_device_count=1"]
   return {**os.environ, "XLA_FLAGS": " ".join(flags), "JAX_PLATFORMS": "cpu",
           "JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{port}", "JAX_NUM_PROCESSES": str(processes),
           "JAX_PROCESS_ID": str(process)}

@@ -139,12 +139,6 @@ def _command(workdir, *extra, total_steps=40):
           "--config.data.eval_split=", "--config.data.test_split=", *extra]
 
 
-# The runs these tests start compare with each other only (exactness between runs of one build),
-# so they compile without XLA's slow LLVM passes: most of a tiny run's time is compilation.
-FAST_COMPILE = {**os.environ, "XLA_FLAGS": os.environ.get("XLA_FLAGS", "")
-                + " --xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"}
-
-
 @pytest.mark.slow
 def test_resume_after_sigkill_in_a_bucket_is_exact(tmp_path, gcs_bucket):
   """A run with --workdir=gs://... (the emulator) killed after a checkpoint, resumed, exported and
@@ -152,10 +146,8 @@ def test_resume_after_sigkill_in_a_bucket_is_exact(tmp_path, gcs_bucket):
   the same for both kinds of path; local atomic writes are tested in test_atomic_io.py, local
   restores by the SIGTERM test below.)"""
   full, run = tmp_path / "full", f"{gcs_bucket}/runs/shapes"
-  env = {**os.environ, "XLA_FLAGS": FAST_COMPILE["XLA_FLAGS"]}  # with the emulator's variables
-  subprocess.run(_command(full, total_steps=12), check=True, cwd=REPO, capture_output=True,
-                 env=env)
-  process = subprocess.Popen(_command(run, total_steps=12), cwd=REPO, env=env,
+  subprocess.run(_command(full, total_steps=12), check=True, cwd=REPO, capture_output=True)
+  process = subprocess.Popen(_command(run, total_steps=12), cwd=REPO,
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
   deadline = time.time() + 300  # on an object store orbax commits a step with a marker object
   while not storage.isfile(f"{run}/checkpoints/4/commit_success.txt"):
@@ -206,7 +198,7 @@ def test_a_workdir_scheme_it_cannot_open_is_one_error_before_anything_is_written
 @pytest.mark.slow
 def test_sigterm_saves_a_restorable_checkpoint(tmp_path):
   process = subprocess.Popen(_command(tmp_path, "--config.checkpoint.every_steps=1000"), cwd=REPO,
-                             env=FAST_COMPILE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
   deadline = time.time() + 300
   while not (tmp_path / "metrics.jsonl").exists() or len(read_metrics(tmp_path)) < 5:
     assert process.poll() is None and time.time() < deadline

@@ -119,10 +119,12 @@ def test_gradient_accumulation_equals_one_large_batch_for_per_sample_terms(mesh_
     placed = jax.tree.map(jnp.asarray, batch) if mesh is None else sharding.global_batch(batch, mesh)
     new_state, metrics = step(state, placed)
     results.append((jax.tree.leaves(new_state.params), float(metrics["loss"])))
+  # Equal up to float32 sums in another order (about 1e-5 on these O(1) parameters, depending on
+  # the CPU's kernels); half the batch lost moves them by up to 1.15.
   for params, loss in results[1:]:
-    assert loss == pytest.approx(results[0][1], abs=1e-5)
+    assert loss == pytest.approx(results[0][1], abs=5e-5)
     for a, b in zip(params, results[0][0]):
-      np.testing.assert_allclose(a, b, rtol=0, atol=1e-5)
+      np.testing.assert_allclose(a, b, rtol=0, atol=5e-5)
   if mesh is None:
     with pytest.raises(ValueError, match="not divisible by grad_accum_steps=3"):
       train_step.make_train_step(graphdef, tx, grad_accum_steps=3)(state, jax.tree.map(jnp.asarray, batch))
