@@ -69,12 +69,35 @@ class Checkpointer:
         STATE: ocp.args.StandardRestore(abstract_state), DATA: ocp.args.JsonRestore()}))
     return restored[STATE], restored[DATA]
 
+  def set_aside(self, step: int, folder: str) -> str:
+    """Moves checkpoint `step` (one that does not restore) out of the checkpoints, to
+    `folder/<step>`, so the run can save that step again; returns where it went. Kept rather
+    than deleted: it may still be worth inspecting."""
+    destination = storage.join(folder, str(step))
+    if storage.exists(destination):
+      storage.rmtree(destination)  # set aside by an earlier attempt at the same step
+    storage.move(storage.join(self.directory, str(step)), destination)
+    self.reload()
+    return destination
+
+  def reload(self) -> None:
+    """Lists the steps on disk again (after another process moved one)."""
+    self._manager.reload()
+
   def wait(self) -> None:
     """Blocks until pending asynchronous saves are on disk."""
     self._manager.wait_until_finished()
 
   def close(self) -> None:
     self._manager.close()
+
+
+def saved_steps(directory: str) -> list[int]:
+  """The steps with a folder in `directory` (finished or not), without opening a manager, which
+  would create the folder: whether a run is a resume, decided before anything is written."""
+  if not storage.isdir(directory):
+    return []
+  return sorted(int(name) for name in storage.listdir(directory) if name.isdigit())
 
 
 def abstract_like(tree: Any) -> Any:

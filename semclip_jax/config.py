@@ -35,6 +35,20 @@ RUN_CONFIG_FILE = "config.json"
 ARGUMENTS = ("paper_compat", "runlocal")
 # The paper freezes the image tower: every parameter under model.vision.
 FREEZE_IMAGE_TOWER = (r"^model\.vision\.",)
+# What a resumed run may change without `resume_changes`: how it logs, saves, evaluates, exports
+# and lays its arrays out over devices, none of which changes the parameters it trains (field
+# names, or prefixes ending in "."). Every other field decides the model, the loss, the optimizer
+# or the batches.
+RESUME_FREE_FIELDS = ("log_every_steps", "max_consecutive_skips", "progress_bar", "export_hf",
+                      "resume_changes", "hub.", "checkpoint.", "evals.", "mesh.",
+                      "data.eval_split", "data.test_split", "data.eval_path", "data.test_path",
+                      "data.shapes_eval_size", "data.shard_cache_dir",
+                      "data.cache_image_embeddings", "data.image_embedding_cache_dir")
+
+
+class ConfigError(ValueError):
+  """A config a run cannot use (a bad value, or a resume that would change the run): its message
+  names the fields and is the one line the command line prints."""
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -83,6 +97,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.hub.license = "other"  # the model card's license field (the base model's terms may apply)
   c.hub.private = True  # a repo that --push_to_hub creates is private
   c.progress_bar = True
+  # Fields a resumed run may change beyond RESUME_FREE_FIELDS, comma-separated (e.g.
+  # "optim.learning_rate,total_steps"): a deliberate change of the run; "" refuses any other.
+  c.resume_changes = ""
   return c
 
 
@@ -292,6 +309,33 @@ def _tuples(value: Any) -> Any:
   if isinstance(value, dict):
     return {k: _tuples(v) for k, v in value.items()}
   return tuple(_tuples(v) for v in value) if isinstance(value, list) else value
+
+
+def flat_fields(config: ml_collections.ConfigDict | Mapping[str, Any], prefix: str = ""
+                ) -> dict[str, Any]:
+  """{dotted field: value} of every leaf field (lists as tuples: config.json stores tuples as
+  lists)."""
+  items = config.items() if isinstance(config, Mapping) else config.to_dict().items()
+  fields = {}
+  for key, value in items:
+    if isinstance(value, (ml_collections.ConfigDict, Mapping)) and value:
+      fields.update(flat_fields(value, f"{prefix}{key}."))
+    else:
+      fields[prefix + key] = _tuples(value) if isinstance(value, list) else value
+  return fields
+
+
+def resume_changes(saved: ml_collections.ConfigDict, config: ml_collections.ConfigDict
+                   ) -> list[str]:
+  """The fields `config` changes from a run's saved config that resuming must refuse: neither in
+  RESUME_FREE_FIELDS nor named by `config.resume_changes`; each as "field: run X, here Y"."""
+  allowed = RESUME_FREE_FIELDS + tuple(
+      f.strip() for f in config.get("resume_changes", "").split(",") if f.strip())
+  before, after = flat_fields(saved), flat_fields(config)
+  return [f"{field}: run {before.get(field)!r}, here {after.get(field)!r}"
+          for field in sorted(set(before) | set(after))
+          if before.get(field) != after.get(field)
+          and not any(field == a or (a.endswith(".") and field.startswith(a)) for a in allowed)]
 
 
 def describe_fields(config: ml_collections.ConfigDict | None = None) -> str:

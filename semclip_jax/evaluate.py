@@ -28,20 +28,28 @@ config.json), else from a run holding an export named (`<run>/hf`), else from th
 data flags and `--config.<field>=<value>` overrides (as `main` takes them) apply on top. Models
 that are not training workdirs need `--tasks`. One model's results go to `--out`, by default the
 run itself for a workdir, `<path>_eval` beside a local model and `eval_<org>--<name>` for a hub id.
+
+A model is a hub id only by `model_card.hub_model_id`'s rule ('org/name', not starting with '.',
+'/' or '~', whose 'org' is no local folder); any other name that does not exist is refused before
+anything is scored. A command that fails leaves `--out` as it found it, less the files it replaced:
+what it created there (the folder itself, results, the `checkpoints/` folder a model that is not a
+run is loaded through) is removed. A model with NaN or Inf weights is refused by its loader, one
+line naming the file and tensor.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import os
 import re
 import sys
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import ml_collections
 
-from semclip_jax import storage, train
+from semclip_jax import model_card, storage, train
 from semclip_jax import config as config_lib
 from semclip_jax.evaluators import EVALUATORS
 from semclip_jax.progress import HelpFormatter
@@ -88,6 +96,14 @@ class ModelSpec:
       return self.path
     parent = storage.dirname(storage.normpath(self.path))
     return parent if storage.isdir(self.path) and is_run(parent) else None
+
+  def check_exists(self) -> None:
+    """Refuses a model that is neither an existing path (local or gs://) nor a hub id, before
+    anything is scored: a mistyped path among several models fails before the others run."""
+    if not storage.exists(self.path) and model_card.hub_model_id(self.path) is None:
+      raise FileNotFoundError(f"--model {self.path}: no such file or folder (read as a path, not "
+                              "a hub id: hub ids are 'org/name', not starting with '.', '/' or "
+                              "'~', and their 'org' is no local folder)")
 
   def default_out(self) -> str:
     """Where one model's results go without --out: the run itself, `<path>_eval` beside a local
@@ -193,9 +209,52 @@ def model_config(spec: ModelSpec, setting: Setting) -> ml_collections.ConfigDict
 
 def score(spec: ModelSpec, setting: Setting, results_dir: str) -> None:
   """The test round of `spec` into `results_dir` (a workdir's checkpoints are read, never
-  written: only its results land there, and only when `results_dir` is the workdir)."""
-  train.evaluate(model_config(spec, setting), spec.path if spec.is_workdir else results_dir,
-                 results_dir=results_dir)
+  written: only its results land there, and only when `results_dir` is the workdir). A model that
+  is not a run is loaded by `train.evaluate` through a checkpointer opened on `results_dir`, which
+  creates `results_dir/checkpoints`: removed afterwards when it is new and empty."""
+  checkpoints = storage.join(results_dir, "checkpoints")
+  stray = not spec.is_workdir and not storage.exists(checkpoints)
+  try:
+    train.evaluate(model_config(spec, setting), spec.path if spec.is_workdir else results_dir,
+                   results_dir=results_dir)
+  finally:
+    if stray and storage.isdir(checkpoints) and not storage.listdir(checkpoints):
+      storage.rmtree(checkpoints)
+
+
+def _outermost_missing(path: str) -> str | None:
+  """The outermost folder that writing into `path` creates (`path` or a parent), None when
+  `path` exists."""
+  if storage.exists(path):
+    return None
+  if storage.is_remote(path):  # no folders: the prefix is all there is
+    return path
+  path = os.path.abspath(path)
+  while not os.path.exists(os.path.dirname(path)):
+    path = os.path.dirname(path)
+  return path
+
+
+@contextlib.contextmanager
+def removing_on_failure(folder: str) -> Iterator[None]:
+  """Runs the block; when it raises, removes what it created in `folder` and nothing else: the
+  folder itself (with the parents made for it) when it did not exist, else the entries that were
+  not there before. Files that the block replaced stay replaced."""
+  created = _outermost_missing(folder)
+  before = set(storage.listdir(folder)) if created is None and storage.isdir(folder) else None
+  try:
+    yield
+  except BaseException:
+    if created is not None:
+      storage.rmtree(created)
+    elif before is not None:
+      for name in sorted(set(storage.listdir(folder)) - before):
+        path = storage.join(folder, name)
+        if storage.isdir(path):
+          storage.rmtree(path)
+        else:
+          storage.remove(path)
+    raise
 
 
 def compare(specs: Sequence[ModelSpec], setting: Setting, out: str) -> dict[str, str]:
@@ -244,19 +303,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.error("give exactly one of --model and --report")
   try:
     if args.report:
-      written = write_report(args.report.split(","), args.out or "report")
+      out = args.out or "report"
+      with removing_on_failure(out):
+        written = write_report(args.report.split(","), out)
     else:
       specs = parse_models(args.model)
       setting = shared_setting(args, specs, overrides)
+      for spec in specs:
+        spec.check_exists()
       if len(specs) > 1:
-        written = compare(specs, setting, args.out or "comparison")
+        out = args.out or "comparison"
+        with removing_on_failure(out):
+          written = compare(specs, setting, out)
       else:  # one model: its results alone (a run scores into its own folder, as --mode=eval)
         spec = specs[0]
         out = args.out or spec.default_out()
-        score(spec, setting, out)
+        with removing_on_failure(out):
+          score(spec, setting, out)
         print(f"results: {storage.join(out, train.RESULTS_FILE)}")
         return 0
-  except (ValueError, KeyError, OSError) as e:  # bad input: one line, not a traceback
+  except (ValueError, KeyError, OSError, train.RestoreError) as e:  # bad input: one line
     print(f"python -m semclip_jax.evaluate: error: {e}", file=sys.stderr)
     return 2
   for name, path in written.items():

@@ -6,6 +6,12 @@ are read and written as safetensors only: a folder holding nothing but pickles i
 Folders may be local or `gs://` (see `storage`): a bucket's folder is read from a temporary local
 copy of its safetensors and JSON files (`opened_folder`), and written through a local folder that
 is uploaded when complete (`save_hf_clip`).
+
+What a loaded folder may not do: hold NaN or Inf weights, unreadable safetensors or JSON (each one
+error naming the file, and the tensor), or name shards outside itself in its index. A model
+argument is a hub id only by `model_card.hub_model_id`'s rule; anything else is a local path, and
+a missing one is an error, never a hub lookup. An export leaves its folder holding exactly the new
+export (`EXPORT_FILES`) and never writes through a symlink.
 """
 
 from __future__ import annotations
@@ -17,14 +23,14 @@ import json
 import os
 import shutil
 import tempfile
-from typing import Any, Callable, Iterator, Mapping, NamedTuple
+from typing import Any, Callable, Collection, Iterator, Mapping, NamedTuple
 
 import jax.numpy as jnp
 import numpy as np
 import safetensors.numpy
 from flax import nnx
 
-from semclip_jax import atomic_io, storage
+from semclip_jax import atomic_io, model_card, storage
 from semclip_jax.data.transforms import CLIP_MEAN, CLIP_STD
 from semclip_jax.models.clip import CLIP, clip_from_arrays
 from semclip_jax.models.model_config import CLIPConfig, TextConfig, VisionConfig
@@ -37,6 +43,16 @@ PREPROCESSOR_FILE = "preprocessor_config.json"
 # Files fetched from the hub (and from a gs:// folder): never the pickled `pytorch_model.bin`.
 HUB_PATTERNS = ["*.json", "*.safetensors", "*.txt"]
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
+# The files of a Hugging Face CLIP folder that an export owns: the weights in either of
+# transformers' layouts (one file; an index and its shards), the configs and the tokenizer's files.
+# An export removes those it does not write itself, so that a folder never mixes two exports (a
+# stale index and shards beside a new model.safetensors, an old vocabulary): `push_to_hub` uploads
+# the whole folder. Anything else (the model card README.md, which `model_card` writes; a user's
+# files; pickled weights, which semclip_jax neither writes nor reads) is left as it is.
+EXPORT_FILES = (WEIGHTS_FILE, WEIGHTS_INDEX_FILE, "model-*-of-*.safetensors", CONFIG_FILE,
+                PREPROCESSOR_FILE, "tokenizer.json", "tokenizer_config.json",
+                "special_tokens_map.json", "added_tokens.json", "vocab.json", "merges.txt",
+                "chat_template.jinja", "chat_template.json")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -142,20 +158,31 @@ def config_to_hf(config: CLIPConfig) -> dict[str, Any]:
 # Reading a folder.
 # ----------------------------------------------------------------------------------------------
 def resolve_folder(path_or_repo_id: str, revision: str | None = None) -> str:
-  """A local folder as is; otherwise a hub id, downloaded (safetensors and JSON only) to the cache."""
+  """A local folder as is; a hub id (`model_card.hub_model_id`'s rule: "org/name", not starting
+  with '.', '/' or '~', whose "org" is no local folder) downloaded, safetensors and JSON only, to
+  the cache. Anything else is a local path, never looked up on the hub: a mistyped path is one
+  FileNotFoundError here, not a download attempt."""
   if os.path.isdir(path_or_repo_id):
     return path_or_repo_id
-  if os.path.exists(path_or_repo_id) or path_or_repo_id.count("/") != 1:
-    raise FileNotFoundError(f"{path_or_repo_id!r} is not a folder holding a Hugging Face CLIP "
-                            "checkpoint, nor a hub id of the form 'org/name'")
+  repo_id = model_card.hub_model_id(path_or_repo_id)
+  if repo_id is None:
+    found = "is not a folder" if os.path.exists(path_or_repo_id) else "does not exist"
+    raise FileNotFoundError(
+        f"{path_or_repo_id!r} is not a folder holding a Hugging Face CLIP checkpoint: the local "
+        f"path {found} (read as a path, not a hub id: hub ids are 'org/name', not starting with "
+        "'.', '/' or '~', and their 'org' is no local folder)")
   import huggingface_hub  # pylint: disable=import-outside-toplevel
+  from huggingface_hub import constants  # pylint: disable=import-outside-toplevel
 
   try:
-    return huggingface_hub.snapshot_download(path_or_repo_id, revision=revision,
+    return huggingface_hub.snapshot_download(repo_id, revision=revision,
                                              allow_patterns=HUB_PATTERNS)
-  except Exception as e:  # the hub client raises many types; the message names them
-    raise FileNotFoundError(f"{path_or_repo_id!r} is not a local folder, and fetching it from "
-                            f"the Hugging Face hub failed: {type(e).__name__}: {e}") from e
+  except Exception as e:  # the hub client raises many types, some with multi-line messages
+    why = ("it is not in the local Hugging Face cache and the hub is off (HF_HUB_OFFLINE)"
+           if constants.is_offline_mode() else
+           f"fetching it failed: {type(e).__name__}: {' '.join(str(e).split())}")
+    raise FileNotFoundError(f"{repo_id!r} is not a local folder; read as a Hugging Face hub id, "
+                            f"{why}") from e
 
 
 def _no_weights(folder: str, names: list[str]) -> FileNotFoundError:
@@ -208,17 +235,50 @@ def opened_folder(path_or_repo_id: str, revision: str | None = None) -> Iterator
       raise _naming(e, local, remote) from e
 
 
+def _read_json_object(path: str) -> dict[str, Any]:
+  """The JSON object in `path` (local or gs://); anything else is one ValueError naming it."""
+  with storage.open(path, encoding="utf-8") as f:
+    try:
+      value = json.load(f)
+    except ValueError as e:  # JSONDecodeError, or UnicodeDecodeError for a binary file
+      raise ValueError(f"{path}: not valid JSON: {e}") from e
+  if not isinstance(value, dict):
+    raise ValueError(f"{path}: holds a JSON {type(value).__name__}, not an object")
+  return value
+
+
+@contextlib.contextmanager
+def _safetensors(file: str) -> Iterator[Any]:
+  """`safetensors.safe_open(file)`; a corrupt or truncated file (safetensors' SafetensorError, or
+  an OSError), which safetensors reports without its name, is one ValueError naming it."""
+  try:
+    with safetensors.safe_open(file, framework="numpy") as f:
+      yield f
+  except (safetensors.SafetensorError, OSError) as e:
+    raise ValueError(f"{file}: not a readable safetensors file: {type(e).__name__}: {e}") from e
+
+
 def read_config(folder: str) -> CLIPConfig:
   """Our `CLIPConfig` of a HF folder's config.json (a local or gs:// folder)."""
   path = storage.join(folder, CONFIG_FILE)
   if not storage.isfile(path):
     raise FileNotFoundError(f"{path}: no {CONFIG_FILE}; not a Hugging Face model folder")
-  with storage.open(path, encoding="utf-8") as f:
-    try:
-      values = json.load(f)
-    except json.JSONDecodeError as e:
-      raise ValueError(f"{path}: not valid JSON: {e}") from e
-  return config_from_hf(values, source=path)
+  return config_from_hf(_read_json_object(path), source=path)
+
+
+def _shard_paths(folder: str, index: str, weight_map: Mapping[str, Any]) -> dict[str, str]:
+  """HF tensor name -> shard path of an index's `weight_map`. Shards are file names beside the
+  index: an entry that would reach outside the folder (`../x.safetensors`, an absolute path, a
+  subfolder) is refused, as is one naming a file that is not there."""
+  for name, shard in weight_map.items():
+    if not isinstance(shard, str) or shard in ("", ".", "..") or os.path.basename(shard) != shard:
+      raise ValueError(f"{index}: weight_map entry {name!r} names {shard!r}, which is not a file "
+                       "name in the index's folder (shards sit beside the index)")
+  for shard in sorted(set(weight_map.values())):
+    if not os.path.isfile(os.path.join(folder, shard)):
+      raise FileNotFoundError(f"{index}: weight_map names the shard {shard}, which is not in "
+                              "the folder")
+  return {name: os.path.join(folder, shard) for name, shard in weight_map.items()}
 
 
 def _weight_files(folder: str) -> dict[str, str]:
@@ -226,14 +286,13 @@ def _weight_files(folder: str) -> dict[str, str]:
   local folder (safetensors opens local files only: see `opened_folder` for gs://)."""
   single, index = os.path.join(folder, WEIGHTS_FILE), os.path.join(folder, WEIGHTS_INDEX_FILE)
   if os.path.isfile(single):
-    with safetensors.safe_open(single, framework="numpy") as f:
+    with _safetensors(single) as f:
       return {name: single for name in f.keys()}
   if os.path.isfile(index):
-    with open(index, encoding="utf-8") as f:
-      weight_map = json.load(f).get("weight_map")
+    weight_map = _read_json_object(index).get("weight_map")
     if not isinstance(weight_map, dict):
       raise ValueError(f"{index}: has no 'weight_map' object")
-    return {name: os.path.join(folder, shard) for name, shard in weight_map.items()}
+    return _shard_paths(folder, index, weight_map)
   raise _no_weights(folder, os.listdir(folder))
 
 
@@ -253,11 +312,21 @@ def read_hf_tensors(folder: str, names: list[str]) -> dict[str, tuple[np.ndarray
                    f"{', '.join(sorted(unexpected)[:8])}{' ...' if len(unexpected) > 8 else ''}")
   out = {}
   for file in sorted(set(where[n] for n in names)):
-    with safetensors.safe_open(file, framework="numpy") as f:
+    with _safetensors(file) as f:
       for name in names:
         if where[name] == file:
           out[name] = (f.get_tensor(name), file)
   return out
+
+
+def check_finite(array: np.ndarray, where: str, error: type[Exception] = ValueError) -> None:
+  """Raises `error` naming `where` (the file and tensor) when `array` holds NaN or Inf: one such
+  weight makes embeddings NaN, which evaluators would score as 0 without a word. For every
+  checkpoint format (`openclip` too)."""
+  finite = np.isfinite(np.asarray(array, np.float32))
+  if not finite.all():
+    raise error(f"{where} holds {finite.size - np.count_nonzero(finite)} non-finite value(s) (NaN "
+                f"or Inf) of {finite.size}; a broken checkpoint is refused")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -267,9 +336,9 @@ def load_hf_clip(path_or_repo_id: str, *, dtype=jnp.float32, revision: str | Non
   """Builds our `CLIP` from a HF CLIP folder (config.json + safetensors; local or gs://) or a
   hub id.
 
-  Every parameter is checked (present, right shape, nothing extra) before any is placed, so a bad
-  folder raises naming the file and tensor and never yields a half-loaded model. Parameters are
-  float32 whatever the file's dtype; `dtype` is the compute dtype.
+  Every parameter is checked (present, right shape, floating point and finite, nothing extra)
+  before any is placed, so a bad folder raises naming the file and tensor and never yields a
+  half-loaded model. Parameters are float32 whatever the file's dtype; `dtype` is the compute dtype.
   """
   with opened_folder(path_or_repo_id, revision) as folder:
     config = read_config(folder)
@@ -288,6 +357,7 @@ def load_hf_clip(path_or_repo_id: str, *, dtype=jnp.float32, revision: str | Non
                          f"{tuple(transform.to_hf(np.empty(variable.shape)).shape)}")
       if not np.issubdtype(array.dtype, np.floating) and array.dtype.name != "bfloat16":
         raise ValueError(f"{file}: tensor {hf_name} has non-float dtype {array.dtype}")
+      check_finite(value, f"{file}: tensor {hf_name}")
       values[path] = value
   return clip_from_arrays(config, values, dtype=dtype)
 
@@ -318,13 +388,17 @@ def save_hf_clip(model: CLIP, out_dir: str, tokenizer=None) -> str:
   `tokenizer` is a `semclip_jax.data.tokenizer.CLIPTokenizer`; by default the vendored CLIP BPE
   tokenizer is written, so the folder is always complete. Returns `out_dir`.
 
-  A `gs://` `out_dir` is written to a local temporary folder first, whose files are then uploaded
-  (one object each, complete or absent) when every file is written; a save that raises uploads
-  nothing.
+  Every file is replaced by a rename (`atomic_io`), so a symlink in the folder is replaced, never
+  written through. Once the new files are in place, the files of an earlier export that this one
+  does not write (`EXPORT_FILES`: e.g. an index and shards beside the new single file) are
+  removed; other files are kept. A `gs://` `out_dir` is written to a local temporary folder first,
+  whose files are then uploaded (one object each, complete or absent) when every file is written,
+  and the earlier export's other objects removed; a save that raises uploads and removes nothing.
   """
   from semclip_jax.data.tokenizer import CLIPTokenizer  # pylint: disable=import-outside-toplevel
 
   storage.check(out_dir, "Hugging Face export folder")
+  written = [WEIGHTS_FILE, CONFIG_FILE, PREPROCESSOR_FILE]
   with storage.writing_folder(out_dir) as folder:
     with atomic_io.replacing(os.path.join(folder, WEIGHTS_FILE)) as tmp:
       safetensors.numpy.save_file(hf_state_dict(model), tmp, metadata={"format": "pt"})
@@ -333,5 +407,30 @@ def save_hf_clip(model: CLIP, out_dir: str, tokenizer=None) -> str:
                          **json_options)
     atomic_io.write_json(os.path.join(folder, PREPROCESSOR_FILE),
                          preprocessor_config(model.config.vision.image_size), **json_options)
-    (tokenizer or CLIPTokenizer()).save_pretrained(folder)
+    written += _save_tokenizer(tokenizer or CLIPTokenizer(), folder)
+  _remove_earlier_export(out_dir, written)
   return out_dir
+
+
+def _save_tokenizer(tokenizer, folder: str) -> list[str]:
+  """Writes the tokenizer's files into `folder`; returns their names. transformers' save_pretrained
+  opens its files by name, which would write through a symlink (into the file it points to, maybe
+  outside the folder): it writes into a temporary folder, whose files are copied into place by
+  `atomic_io.replacing`, whose rename replaces a link itself."""
+  with tempfile.TemporaryDirectory(prefix="semclip_tokenizer_") as staging:
+    tokenizer.save_pretrained(staging)
+    names = [n for n in sorted(os.listdir(staging)) if os.path.isfile(os.path.join(staging, n))]
+    for name in names:
+      with atomic_io.replacing(os.path.join(folder, name)) as tmp:
+        shutil.copyfile(os.path.join(staging, name), tmp)
+  return names
+
+
+def _remove_earlier_export(out_dir: str, written: Collection[str]) -> None:
+  """Removes the export files (`EXPORT_FILES`) in `out_dir` (local or gs://) that the export just
+  made did not write; everything else is kept."""
+  for name in storage.listdir(out_dir):
+    path = storage.join(out_dir, name)
+    if (name not in written and any(fnmatch.fnmatchcase(name, p) for p in EXPORT_FILES)
+        and not storage.isdir(path)):
+      storage.remove(path)

@@ -109,14 +109,16 @@ def main(argv) -> None:
   logging.info("process %d of %d; %d local of %d devices: %s", jax.process_index(),
                jax.process_count(), jax.local_device_count(), jax.device_count(),
                jax.local_devices())
-  from semclip_jax import model_card, train  # pylint: disable=import-outside-toplevel
+  from semclip_jax import model_card, run_lock, train  # pylint: disable=import-outside-toplevel
 
-  if _MODE.value == "train":
-    train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
-  elif _MODE.value == "eval":
-    train.evaluate(_CONFIG.value, _WORKDIR.value)
-  else:
-    train.export(_CONFIG.value, _WORKDIR.value)
+  run_mode = {"train": train.train_and_evaluate, "eval": train.evaluate, "export": train.export}
+  try:
+    run_mode[_MODE.value](_CONFIG.value, _WORKDIR.value)
+  except (config_lib.ConfigError, train.RestoreError, run_lock.WorkdirLockedError,
+          FileNotFoundError) as e:
+    # What the user can fix (a config value, a missing file, checkpoints that do not restore):
+    # the reason as the log's last line, not under a traceback.
+    sys.exit(f"python -m semclip_jax.main: error: {e}")
   if _PUSH_TO_HUB.value and _MODE.value != "eval" and jax.process_index() == 0:
     try:
       url = train.push_to_hub(_CONFIG.value, _WORKDIR.value, _PUSH_TO_HUB.value)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 import threading
 import time
 import weakref
@@ -22,6 +23,23 @@ METRICS_FILE = "metrics.jsonl"
 # val/... and test/..., training metrics bare (as in metrics.jsonl) and are shown under train/.
 TRAIN_PREFIX = "train/"
 REMOTE_UPLOAD_INTERVAL_S = 30.0
+
+
+def _tensorboardx():
+  """The tensorboardX package, imported without torch unless torch is loaded already.
+  tensorboardX imports torch (when installed) only so that its add_* calls accept torch tensors;
+  we log Python floats, and importing torch costs 2-3 s at the start of every run. While the
+  import runs, `import torch` raises ImportError, which tensorboardX takes as "no torch"."""
+  if "tensorboardX" in sys.modules or "torch" in sys.modules:
+    import tensorboardX  # pylint: disable=import-outside-toplevel
+    return tensorboardX
+  sys.modules["torch"] = None  # type: ignore[assignment]
+  try:
+    import tensorboardX  # pylint: disable=import-outside-toplevel
+    import tensorboardX.record_writer  # pylint: disable=import-outside-toplevel,unused-import
+  finally:
+    del sys.modules["torch"]
+  return tensorboardX
 
 
 class MetricsWriter:
@@ -46,10 +64,8 @@ class MetricsWriter:
         drop_after(self.path, resume_step, evaluations_at_step=redo_evaluations)
       self._remote = (storage.RewrittenObject(self.path, min_interval_s=REMOTE_UPLOAD_INTERVAL_S)
                       if storage.is_remote(workdir) else None)
-      from tensorboardX import SummaryWriter  # pylint: disable=import-outside-toplevel
-
       _register_remote_event_files()
-      self._tb = SummaryWriter(storage.join(workdir, "tensorboard"))
+      self._tb = _tensorboardx().SummaryWriter(storage.join(workdir, "tensorboard"))
 
   def write(self, step: int, metrics: Mapping[str, float]) -> None:
     if not self.enabled:
@@ -116,7 +132,7 @@ class _RemoteEventFiles:
 def _register_remote_event_files() -> None:
   """Routes tensorboardX's gs:// event files through `storage` (tensorboardX's own GCS writer
   would bring a second client, google-cloud-storage, with credentials of its own)."""
-  from tensorboardX import record_writer  # pylint: disable=import-outside-toplevel
+  record_writer = _tensorboardx().record_writer
 
   for kind in storage.REMOTE_SCHEMES:
     record_writer.register_writer_factory(kind, _RemoteEventFiles())

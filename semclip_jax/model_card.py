@@ -93,11 +93,15 @@ def _section(config: Mapping[str, Any], name: str) -> dict[str, Any]:
 def hub_model_id(init_from: str | None) -> str | None:
   """`init_from` when it names a model on the Hub, else None (empty, or a local file or folder).
 
-  The rule of `hf.resolve_folder`: an existing path is local; otherwise "namespace/name", valid as
-  a repo id, is a hub id. A checkpoint file name (.pt, .safetensors, ...) is never one: open_clip
-  and OpenAI-layout checkpoints are read by path only.
+  The one rule of what is a hub id (`hf.resolve_folder` loads by it): a string is a local path
+  when it exists, starts with '.', '/' or '~', has other than one '/', names a checkpoint file
+  (.pt, .safetensors, ...: open_clip and OpenAI-layout checkpoints are read by path only) or has
+  a first part that is a local folder (`runs/model` beside `runs/`: a mistyped path, which must
+  not become a hub lookup); otherwise "namespace/name", valid as a repo id, is a hub id.
   """
   if not init_from or os.path.exists(init_from) or init_from.count("/") != 1:
+    return None
+  if init_from.startswith((".", "/", "~")) or os.path.isdir(init_from.split("/")[0]):
     return None
   if init_from.lower().endswith(_CHECKPOINT_SUFFIXES):
     return None

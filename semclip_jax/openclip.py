@@ -42,7 +42,7 @@ import safetensors
 import safetensors.numpy
 from flax import nnx
 
-from semclip_jax import atomic_io, storage, torch_files
+from semclip_jax import atomic_io, hf, storage, torch_files
 from semclip_jax.data.transforms import NORMALIZATIONS
 from semclip_jax.models.clip import CLIP, clip_from_arrays
 from semclip_jax.models.model_config import CLIPConfig, TextConfig, VisionConfig
@@ -462,7 +462,7 @@ def load_openclip(path: str, arch: str = "", *, dtype=jnp.float32) -> CLIP:
   """Our `CLIP` from an open_clip / OpenAI-layout checkpoint file (or an open_clip folder holding
   open_clip_config.json and weights). `arch`: an `ARCHS` name, an open_clip model-config JSON, or
   "" (the folder's open_clip_config.json, else inferred from shapes). Raises before placing any
-  parameter when a tensor is missing, extra, mis-shaped or not floating point."""
+  parameter when a tensor is missing, extra, mis-shaped, not floating point or not finite."""
   storage.check(path, "open_clip checkpoint")
   if storage.isdir(path):
     path = weights_in_folder(path)
@@ -482,6 +482,7 @@ def load_openclip(path: str, arch: str = "", *, dtype=jnp.float32) -> CLIP:
     value = arrays[name]
     if not np.issubdtype(value.dtype, np.floating):
       raise CheckpointError(f"{path}: tensor {name} has non-float dtype {value.dtype}")
+    hf.check_finite(value, f"{path}: tensor {name}", CheckpointError)
     if name == "logit_scale" and value.size == 1:
       value = value.reshape(())  # some savers keep it as shape [1]
     expected = expected_shapes[name]

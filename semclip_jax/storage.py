@@ -17,6 +17,11 @@ Object stores have no folders, no appends and no renames. What replaces them:
   `save_pretrained`) work on a local copy: `local_copy` / `local_folder_copy` download,
   `writing_folder` uploads a folder written locally, `cached_local_copy` keeps a checked copy of a
   bucket's shards on the host's disk.
+
+Names read from data files (an image column) are untrusted: `join_inside` keeps them inside their
+folder (local: after following symlinks; gs://: by normalising the key, objects have no links) and
+`read_regular_file` reads regular files only, never a FIFO (which blocks) or a device (endless).
+`content_identity` tells whether an input file changed (prepare's resume).
 """
 
 from __future__ import annotations
@@ -24,13 +29,16 @@ from __future__ import annotations
 import builtins
 import contextlib
 import fnmatch
+import hashlib
 import os
+import posixpath
 import re
 import secrets
 import shutil
+import stat
 import tempfile
 import time
-from typing import IO, Iterator, Sequence
+from typing import IO, Any, Iterator, Sequence
 
 REMOTE_SCHEMES = ("gs",)
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*):/")
@@ -64,6 +72,14 @@ def check(path: str, what: str = "path") -> str:
   return path
 
 
+class OutsideFolderError(ValueError):
+  """A name from a data file that leads outside the folder it must stay in."""
+
+
+class NotRegularFileError(OSError):
+  """A path naming something other than a regular file: a FIFO, a device, a folder."""
+
+
 def _fs(path: str):
   """The fsspec filesystem of a remote path (cached by fsspec per process, fork-safe)."""
   import fsspec  # pylint: disable=import-outside-toplevel
@@ -88,6 +104,55 @@ def absolute(path: str) -> str:
 def normpath(path: str) -> str:
   """os.path.normpath for local paths; remote ones lose a trailing slash (and keep their `//`)."""
   return path.rstrip("/") if is_remote(path) else os.path.normpath(path)
+
+
+def join_inside(folder: str, name: str) -> str:
+  """The path of `name` (read from a data file: untrusted) in `folder`, which it must not leave:
+  an absolute `name`, `..` leading out, or a symlink resolving outside raises OutsideFolderError
+  naming both. Local paths are compared after os.path.realpath, of `folder` too (a folder that is
+  itself a link is fine, a link inside it to elsewhere is not), and the resolved path is returned;
+  a gs:// `name` is normalised as a key ('..' and '.' resolved on '/'), objects having no links."""
+  if is_remote(folder):
+    kind, key = folder.split("://", 1)
+    base = posixpath.normpath("/" + key)
+    target = posixpath.normpath(posixpath.join(base, name))
+    inside, path = posixpath.commonpath([base, target]) == base, f"{kind}:/{target}"
+  else:
+    base = os.path.realpath(folder)
+    path = os.path.realpath(os.path.join(folder, name))
+    inside = os.path.commonpath([base, path]) == base
+  if not inside:
+    raise OutsideFolderError(f"{name!r} leads outside the folder {folder!r} (to {path!r})")
+  return path
+
+
+def read_regular_file(path: str) -> bytes:
+  """The bytes of `path`, which must be a regular file: a local FIFO, device or folder raises
+  NotRegularFileError, checked on the opened file (nothing can be swapped in after the check) and
+  opened without blocking (O_NONBLOCK: a FIFO with no writer would wait forever). gs:// objects
+  are plain bytes."""
+  if is_remote(path):
+    return read_bytes(path)
+  fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+  if not stat.S_ISREG(os.fstat(fd).st_mode):  # before open(), which refuses a folder its own way
+    os.close(fd)
+    raise NotRegularFileError(f"{path} is not a regular file (a FIFO, device or folder)")
+  with builtins.open(fd, "rb") as f:  # closes fd
+    return f.read()
+
+
+def content_identity(path: str) -> dict[str, Any]:
+  """What identifies the content of the file `path`, to notice that it changed: a local file's
+  size and SHA-256 (one read); a gs:// object's size and the checksums GCS keeps (crc32c, and
+  md5Hash where the object has one), without a download. Not the modification time nor the
+  object's generation: a copy or a re-upload of the same bytes is the same input."""
+  if is_remote(path):
+    info = _fs(path).info(path)
+    return {"size": int(info["size"]), "crc32c": info.get("crc32c"),
+            "md5Hash": info.get("md5Hash")}
+  with builtins.open(path, "rb") as f:
+    return {"size": os.fstat(f.fileno()).st_size,
+            "sha256": hashlib.file_digest(f, "sha256").hexdigest()}
 
 
 def basename(path: str) -> str:
@@ -147,6 +212,16 @@ def remove(path: str) -> None:
       _fs(path).rm_file(path)
     else:
       os.remove(path)
+
+
+def move(source: str, destination: str) -> None:
+  """Moves a file or folder to `destination` (whose parent is created): a rename on a local
+  disk; in a bucket, a copy of each object and then the delete of the originals."""
+  makedirs(dirname(destination))
+  if is_remote(source):
+    _fs(source).mv(source, destination, recursive=True)
+  else:
+    os.replace(source, destination)
 
 
 def rmtree(path: str) -> None:

@@ -7,6 +7,7 @@ checkpoint, input iterator included; SIGTERM/SIGINT save a checkpoint and stop c
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -22,9 +23,10 @@ import optax
 from flax import nnx
 
 from semclip_jax import (atomic_io, checkpointing, hf, image_embedding_cache, model_card,
-                         objective, openclip, optim, preemption, sharding, storage,
+                         objective, openclip, optim, preemption, run_lock, sharding, storage,
                          train_step)
 from semclip_jax import config as config_lib
+from semclip_jax.config import ConfigError
 from semclip_jax import data as data_lib
 from semclip_jax.data import input_pipeline
 from semclip_jax.evaluators import (EVALUATORS, Encoder, EvalRound, make_evaluator, missing_data,
@@ -55,21 +57,36 @@ class Trained:
 # ----------------------------------------------------------------------------------------------
 # Config checks that must fail before anything compiles.
 # ----------------------------------------------------------------------------------------------
+# Counts the trainer divides by or keeps: each must be at least 1.
+POSITIVE_FIELDS = ("total_steps", "log_every_steps", "data.batch_size", "data.image_size",
+                   "optim.grad_accum_steps", "checkpoint.every_steps", "checkpoint.keep")
+
+
 def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None:
+  """Refuses, as one `config.ConfigError` naming the field, what would fail later: after
+  compiling, after the first step, or by deleting every checkpoint (`checkpoint.keep=0`)."""
+  fields = config_lib.flat_fields(config)
+  for field in POSITIVE_FIELDS:
+    if not isinstance(fields[field], int) or fields[field] < 1:
+      raise ConfigError(f"config.{field}={fields[field]!r} must be a positive integer")
+  for field in ("checkpoint.keep_best", "max_consecutive_skips"):
+    if fields[field] < 0:
+      raise ConfigError(f"config.{field}={fields[field]!r} must be 0 or more")
   if config.loss.name not in objective.LOSS_NAMES:
-    raise ValueError(f"config.loss.name={config.loss.name!r} is not one of {list(objective.LOSS_NAMES)}")
+    raise ConfigError(f"config.loss.name={config.loss.name!r} is not one of "
+                      f"{list(objective.LOSS_NAMES)}")
   if config.model.dtype not in DTYPES:
-    raise ValueError(f"config.model.dtype={config.model.dtype!r} is not one of {list(DTYPES)}")
+    raise ConfigError(f"config.model.dtype={config.model.dtype!r} is not one of {list(DTYPES)}")
   if config.model.remat not in REMAT_POLICIES:
-    raise ValueError(f"config.model.remat={config.model.remat!r} is not one of "
-                     f"{list(REMAT_POLICIES)}")
-  micro = config.data.batch_size // max(config.optim.grad_accum_steps, 1)
+    raise ConfigError(f"config.model.remat={config.model.remat!r} is not one of "
+                      f"{list(REMAT_POLICIES)}")
+  if config.data.kind not in data_lib.KINDS:
+    raise ConfigError(f"config.data.kind={config.data.kind!r} is not one of {list(data_lib.KINDS)}")
+  micro = config.data.batch_size // config.optim.grad_accum_steps
   if config.data.batch_size % config.optim.grad_accum_steps or micro % num_devices:
-    raise ValueError(f"config.data.batch_size={config.data.batch_size} must split into "
-                     f"config.optim.grad_accum_steps={config.optim.grad_accum_steps} micro-batches "
-                     f"divisible by the {num_devices} devices")
-  if config.total_steps <= 0:
-    raise ValueError(f"config.total_steps must be positive, got {config.total_steps}")
+    raise ConfigError(f"config.data.batch_size={config.data.batch_size} must split into "
+                      f"config.optim.grad_accum_steps={config.optim.grad_accum_steps} "
+                      f"micro-batches divisible by the {num_devices} devices")
   _validate_evals(config)
 
 
@@ -77,35 +94,38 @@ def _validate_evals(config: ml_collections.ConfigDict) -> None:
   """Model selection sees validation data only: the test split is scored once, at the end."""
   val_split, test_split = config.data.eval_split, config.data.test_split
   if val_split and val_split == test_split:
-    raise ValueError(f"config.data.eval_split={val_split!r} is also config.data.test_split: the "
-                     "validation split chooses checkpoints and must not be the test split")
+    raise ConfigError(f"config.data.eval_split={val_split!r} is also config.data.test_split: the "
+                      "validation split chooses checkpoints and must not be the test split")
   for name, eval_config in config.evals.items():
     if eval_config.get("type") not in EVALUATORS:
-      raise ValueError(f"config.evals.{name}.type={eval_config.get('type')!r} is not one of "
-                       f"{sorted(EVALUATORS)}")
+      raise ConfigError(f"config.evals.{name}.type={eval_config.get('type')!r} is not one of "
+                        f"{sorted(EVALUATORS)}")
+    if eval_config.get("every_steps", 0) < 0:
+      raise ConfigError(f"config.evals.{name}.every_steps={eval_config.every_steps} must be 0 "
+                        "(at the end only) or more")
     if eval_config.get("ks") and eval_config.type not in ("retrieval", "official",
                                                           "negbench_retrieval"):
-      raise ValueError(f"config.evals.{name}.ks: only the retrieval evaluators (retrieval, "
-                       "official, negbench_retrieval) take ks")
+      raise ConfigError(f"config.evals.{name}.ks: only the retrieval evaluators (retrieval, "
+                        "official, negbench_retrieval) take ks")
     overridden = {"eval_split", "test_split"} & set(eval_config.get("data", {}))
     if overridden:
-      raise ValueError(f"config.evals.{name}.data.{sorted(overridden)[0]}: an evaluator reads the "
-                       f"run's splits; give it a fixed split with config.evals.{name}.split")
+      raise ConfigError(f"config.evals.{name}.data.{sorted(overridden)[0]}: an evaluator reads the "
+                        f"run's splits; give it a fixed split with config.evals.{name}.split")
     if eval_config.get("every_steps") and (reads_own_data(eval_config) or not val_split):
       why = ("reads test data of its own, scored once at the end" if reads_own_data(eval_config)
              else "has no validation split to read (config.data.eval_split is empty)")
-      raise ValueError(f"config.evals.{name}.every_steps={eval_config.every_steps}: {name} {why}")
+      raise ConfigError(f"config.evals.{name}.every_steps={eval_config.every_steps}: {name} {why}")
   metric = config.checkpoint.best_metric
   if metric:
     role, _, rest = metric.partition("/")
     name = rest.partition("/")[0]
     if role != VAL:
-      raise ValueError(f"config.checkpoint.best_metric={metric!r}: the best checkpoint is chosen "
-                       "on validation metrics only, 'val/<eval>/<metric>' (e.g. "
-                       "'val/ccneg/accuracy'); the test split is scored once, at the end")
+      raise ConfigError(f"config.checkpoint.best_metric={metric!r}: the best checkpoint is chosen "
+                        "on validation metrics only, 'val/<eval>/<metric>' (e.g. "
+                        "'val/ccneg/accuracy'); the test split is scored once, at the end")
     if name not in config.evals or reads_own_data(config.evals[name]) or not val_split:
-      raise ValueError(f"config.checkpoint.best_metric={metric!r} names no evaluator scored on "
-                       f"the validation split; config.evals has {sorted(config.evals)}")
+      raise ConfigError(f"config.checkpoint.best_metric={metric!r} names no evaluator scored on "
+                        f"the validation split; config.evals has {sorted(config.evals)}")
 
 
 def eval_data_config(config: ml_collections.ConfigDict, image_size: int | None = None
@@ -161,15 +181,22 @@ def make_mesh(config: ml_collections.ConfigDict):
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Trained:
   """Trains per `config` in `workdir` (resuming if it holds checkpoints); returns the trained
   model with its final evaluation. Rerunning a finished run evaluates nothing again: it returns
-  the model and the results it saved."""
-  # ---- mesh ----------------------------------------------------------------------------------
+  the model and the results it saved. The main process holds `workdir/.lock` meanwhile
+  (`run_lock`: a second trainer on the workdir is refused)."""
   mesh = make_mesh(config)
-  validate_config(config, mesh.size)
+  validate_config(config, mesh.size)  # before the lock: a bad value creates nothing
+  is_main = jax.process_index() == 0
+  with run_lock.RunLock(workdir) if is_main else contextlib.nullcontext():
+    return _train_and_evaluate(config, workdir, mesh)
+
+
+def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, mesh) -> Trained:
+  # ---- mesh ----------------------------------------------------------------------------------
   is_main = jax.process_index() == 0
   logger.info("devices: %d (%d local) on %d process(es); mesh %s", jax.device_count(),
               jax.local_device_count(), jax.process_count(), dict(mesh.shape))
-  if is_main:
-    checkpointing.write_config(workdir, config.to_json_best_effort(indent=2))
+  if checkpointing.saved_steps(storage.join(workdir, "checkpoints")):
+    check_resume_config(config, workdir)  # before anything is built or written
 
   # ---- data, model and optimizer ----------------------------------------------------------------
   train_source = data_lib.make_source(config.data, split=config.data.train_split)
@@ -181,11 +208,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
 
   # ---- restore ---------------------------------------------------------------------------------
   checkpointer = make_checkpointer(config, workdir)
-  start = checkpointer.latest_step()
-  if start is not None:
-    state, data_state = restore(checkpointer, start, state, config, workdir)
-    pipeline.set_state(data_state)
-    logger.info("resumed from step %d in %s", start, checkpointer.directory)
+  try:  # until the loop's own try: a checkpoint that is refused leaves no worker or thread behind
+    if checkpointer.all_steps():
+      state, data_state, start = restore_latest(checkpointer, state, config, workdir,
+                                                set_aside=True)
+      restore_pipeline(pipeline, data_state, start, checkpointer.directory)
+      logger.info("resumed from step %d in %s", start, checkpointer.directory)
+    # Only now, with the config checked and any checkpoint restored into it: a refused config
+    # never replaces the run's own.
+    if is_main:
+      checkpointing.write_config(workdir, config.to_json_best_effort(indent=2))
+  except BaseException:
+    pipeline.close()
+    checkpointer.close()
+    raise
   start = int(state.step)
   finished = start >= config.total_steps
   saved_results = read_results(workdir) if finished else {}
@@ -393,7 +429,7 @@ def restore_model(config: ml_collections.ConfigDict, workdir: str, mesh):
         raise FileNotFoundError(f"{workdir} holds no checkpoint and config.model.init_from is empty")
       return build_model(config), 0
     graphdef, state, _, _ = build_train_state(config, mesh)
-    state, _ = restore(checkpointer, step, state, config, workdir)
+    state, _, step = restore_latest(checkpointer, state, config, workdir, set_aside=False)
     return nnx_merge(graphdef, state).model, step
   finally:
     checkpointer.close()
@@ -404,34 +440,115 @@ def restore_model(config: ml_collections.ConfigDict, workdir: str, mesh):
 STATE_SECTIONS = ("model", "loss", "optim")
 
 
-def restore(checkpointer: checkpointing.Checkpointer, step: int, state: train_step.TrainState,
-            config: ml_collections.ConfigDict, workdir: str
-            ) -> tuple[train_step.TrainState, dict[str, Any]]:
-  """(train state, input iterator state) of checkpoint `step`, restored into `state`'s shapes and
-  shardings; a checkpoint of another train state is one ValueError naming the config fields
-  that differ (orbax's own error is a dump of both trees)."""
+# Where checkpoints that fail to restore go (workdir/<this>/<step>), out of orbax's sight.
+UNRESTORABLE_FOLDER = "unrestorable_checkpoints"
+
+
+class RestoreError(RuntimeError):
+  """No checkpoint of a run restores: the message names each one tried and why it failed."""
+
+
+def check_resume_config(config: ml_collections.ConfigDict, workdir: str) -> None:
+  """Refuses to resume `workdir` with a config that changes the run (the model, the loss, the
+  optimizer or the batches; see `config.resume_changes`), as one ConfigError naming the fields.
+  Checkpoints without a config.json beside them (copied without it) resume as they are."""
   try:
-    return checkpointer.restore(step, checkpointing.abstract_like(state))
-  except (ValueError, KeyError, TypeError) as e:  # orbax: the trees differ
-    raise ValueError(_restore_mismatch(config, workdir, step, e)) from None
+    saved = config_lib.run_config(workdir)
+  except FileNotFoundError:
+    return
+  except ValueError as e:
+    raise ConfigError(str(e)) from None
+  changes = config_lib.resume_changes(saved, config)
+  if changes:
+    raise ConfigError(
+        f"{workdir} holds a run whose config.json differs in {'; '.join(changes[:8])}"
+        f"{f' (and {len(changes) - 8} more)' if len(changes) > 8 else ''}: resuming would change "
+        "the run. Leave out --config and the changed flags to resume it as it was, use a new "
+        "--workdir, or name the fields in --config.resume_changes=<field>,... to change them "
+        "deliberately.")
 
 
-def _restore_mismatch(config: ml_collections.ConfigDict, workdir: str, step: int,
-                      error: Exception) -> str:
-  """One message for a checkpoint that does not fit `config`'s train state: the fields that
-  differ from the run's own config.json, else the first line of orbax's error."""
-  where = f"{workdir}: the checkpoint of step {step} does not fit this config's train state"
+def restore_latest(checkpointer: checkpointing.Checkpointer, state: train_step.TrainState,
+                   config: ml_collections.ConfigDict, workdir: str, *, set_aside: bool
+                   ) -> tuple[train_step.TrainState, dict[str, Any], int]:
+  """(train state, input iterator state, step) of the newest checkpoint that restores into
+  `state`'s shapes and shardings with finite values. Each newer one that does not (a file
+  missing or corrupt, a stray empty folder, NaN/Inf from bit flips) is reported in one line and,
+  with `set_aside` (a run that will save those steps again), moved to workdir/
+  unrestorable_checkpoints/. None restoring is one RestoreError; a checkpoint of another train
+  state names the config fields that differ (orbax's own error is a dump of both trees)."""
+  failures = []
+  for step in sorted(checkpointer.all_steps(), reverse=True):
+    try:
+      restored, data_state = checkpointer.restore(step, checkpointing.abstract_like(state))
+      bad = non_finite_leaves(restored)
+      if bad:
+        raise ValueError(f"non-finite values in {', '.join(bad[:3])}"
+                         f"{f' and {len(bad) - 3} more' if len(bad) > 3 else ''}")
+    except Exception as e:  # pylint: disable=broad-exception-caught
+      # orbax and tensorstore raise many types for a bad checkpoint; each is reported and the
+      # previous checkpoint tried, and none restoring raises below with every reason.
+      reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+      failures.append((step, reason))
+      logger.warning("checkpoint %d in %s does not restore (%s); trying the one before", step,
+                     checkpointer.directory, reason)
+      continue
+    if set_aside and jax.process_index() == 0:
+      for failed, _ in failures:
+        where = checkpointer.set_aside(failed, storage.join(workdir, UNRESTORABLE_FOLDER))
+        logger.warning("checkpoint %d moved to %s", failed, where)
+    if set_aside and failures:
+      _sync_processes("set_aside")
+      if jax.process_index() != 0:
+        checkpointer.reload()
+    return restored, data_state, step
+  raise RestoreError(_restore_failure(config, workdir, checkpointer.directory, failures))
+
+
+def non_finite_leaves(tree: Any) -> list[str]:
+  """The dotted paths of `tree`'s floating-point arrays holding NaN or Inf."""
+  leaves = [(sharding.path_str(path), x)
+            for path, x in jax.tree_util.tree_flatten_with_path(tree)[0]
+            if jnp.issubdtype(x.dtype, jnp.floating)]
+  finite = jax.jit(lambda xs: [jnp.all(jnp.isfinite(x)) for x in xs])([x for _, x in leaves])
+  return [name for (name, _), ok in zip(leaves, jax.device_get(finite)) if not ok]
+
+
+def _sync_processes(name: str) -> None:
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+    multihost_utils.sync_global_devices(name)
+
+
+def restore_pipeline(pipeline, data_state: dict[str, Any], step: int, directory: str) -> None:
+  """Puts the input pipeline where checkpoint `step` left it; a state of another pipeline (other
+  `data.worker_count`, say, accepted by `resume_changes`) is one ConfigError, not a KeyError."""
+  try:
+    pipeline.set_state(data_state)
+  except (KeyError, ValueError, TypeError, IndexError) as e:
+    raise ConfigError(
+        f"{directory}: the input pipeline's position saved at step {step} does not fit this "
+        f"config's pipeline ({type(e).__name__}: {e}); config.data.worker_count and the data "
+        "fields must be the run's to resume it") from None
+
+
+def _restore_failure(config: ml_collections.ConfigDict, workdir: str, directory: str,
+                     failures: list[tuple[int, str]]) -> str:
+  """One message for a run none of whose checkpoints restores: the config fields that differ from
+  the run's own config.json when some do (the usual cause), and each checkpoint's reason."""
+  tried = "; ".join(f"step {step}: {reason}" for step, reason in failures[:4])
+  where = f"{directory}: no checkpoint restores into this config's train state ({tried})"
   try:
     saved = config_lib.run_config(workdir)
   except (OSError, ValueError):
-    return f"{where} ({str(error).splitlines()[0][:300]})"
+    return where
   ours, theirs = config.to_dict(), saved.to_dict()
   differences = [f"{section}.{key}: run {theirs[section].get(key)!r}, here {value!r}"
                  for section in STATE_SECTIONS for key, value in sorted(ours[section].items())
                  if _plain(value) != _plain(theirs[section].get(key))]
   if not differences:
-    return f"{where} ({str(error).splitlines()[0][:300]})"
-  return (f"{where}, which differs from the run's config.json in " + "; ".join(differences[:8])
+    return where
+  return (f"{where}; the config differs from the run's config.json in " + "; ".join(differences[:8])
           + ". Leave out --config to use the run's own config (flags still override it).")
 
 

@@ -4,6 +4,7 @@ import csv
 import json
 import importlib.util
 import pathlib
+import re
 
 import jax
 import numpy as np
@@ -65,6 +66,48 @@ def test_unknown_loss_name_is_refused_before_compiling():
   config.loss.name = "semclipp"
   with pytest.raises(ValueError, match="config.loss.name='semclipp' is not one of"):
     train.validate_config(config, 8)
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("checkpoint.keep", 0, "config.checkpoint.keep=0 must be a positive integer"),  # deleted all
+    ("checkpoint.every_steps", 0, "config.checkpoint.every_steps=0 must be a positive integer"),
+    ("log_every_steps", 0, "config.log_every_steps=0 must be a positive integer"),
+    ("data.batch_size", 0, "config.data.batch_size=0 must be a positive integer"),
+    ("data.batch_size", -8, "config.data.batch_size=-8 must be a positive integer"),
+    ("data.image_size", 0, "config.data.image_size=0 must be a positive integer"),
+    ("optim.grad_accum_steps", 0, "config.optim.grad_accum_steps=0 must be a positive integer"),
+    ("checkpoint.keep_best", -1, "config.checkpoint.keep_best=-1 must be 0 or more"),
+    ("data.kind", "parquet", "config.data.kind='parquet' is not one of"),
+    ("evals.ccneg.every_steps", -5, "config.evals.ccneg.every_steps=-5 must be 0"),
+])
+def test_values_that_would_fail_later_are_one_config_error(field, value, message):
+  config = config_lib.apply_overrides(load("shapes", "runlocal"), {field: value})
+  with pytest.raises(config_lib.ConfigError, match=re.escape(message)):
+    train.validate_config(config, 8)
+
+
+def test_a_resume_may_change_only_what_leaves_the_training_alone(tmp_path):
+  saved = load("shapes", "runlocal")
+  free = config_lib.apply_overrides(load("shapes", "runlocal"), {
+      "log_every_steps": 1, "checkpoint.every_steps": 2, "checkpoint.keep": 9, "export_hf": False,
+      "evals.ccneg.every_steps": 4, "mesh.data": 2, "progress_bar": False,
+      "data.shard_cache_dir": "/tmp/x"})
+  assert config_lib.resume_changes(saved, free) == []
+  changed = config_lib.apply_overrides(load("shapes", "runlocal"), {
+      "loss.name": "clip", "data.worker_count": 2, "optim.learning_rate": 0.01,
+      "total_steps": 50, "model.preset": "B/32", "seed": 1})
+  assert config_lib.resume_changes(saved, changed) == [
+      "data.worker_count: run 0, here 2", "loss.name: run 'semclip', here 'clip'",
+      "model.preset: run 'tiny', here 'B/32'", "optim.learning_rate: run 0.001, here 0.01",
+      "seed: run 0, here 1", "total_steps: run 12, here 50"]
+  # Named fields (or prefixes ending in ".") are deliberate changes.
+  changed.resume_changes = "optim.learning_rate, total_steps,loss."
+  assert config_lib.resume_changes(saved, changed) == [
+      "data.worker_count: run 0, here 2", "model.preset: run 'tiny', here 'B/32'",
+      "seed: run 0, here 1"]
+  # A run's config.json (lists for tuples) compares equal to the config it was written from.
+  (tmp_path / "config.json").write_text(saved.to_json_best_effort(indent=2))
+  assert config_lib.resume_changes(config_lib.run_config(str(tmp_path)), saved) == []
 
 
 def test_ccneg_runlocal_trains_on_a_csv(tmp_path, caplog):

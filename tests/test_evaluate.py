@@ -10,11 +10,13 @@ import sys
 
 import numpy as np
 import pytest
+import safetensors.numpy
 import torch
 from PIL import Image
 
 from semclip_jax import evaluate, hf, openclip, train
 from semclip_jax.evaluate import ModelSpec, parse_models
+from semclip_jax.models import create_clip, get_preset
 from test_model_card import StandInHub, serve
 from test_openclip import TINY_OPENAI, build_openclip
 from test_train import _shapes_config
@@ -108,6 +110,45 @@ def test_bad_models_get_one_error_line(tmp_path, capsys):
   assert "unknown task 'nosuch'" in capsys.readouterr().err
 
 
+def _poisoned(path, name):
+  """Rewrites the safetensors file `path` with a NaN in tensor `name`; returns `path`."""
+  tensors = safetensors.numpy.load_file(str(path))
+  tensors[name] = tensors[name].copy()
+  tensors[name].flat[0] = np.nan
+  safetensors.numpy.save_file(tensors, str(path), metadata={"format": "pt"})
+  return path
+
+
+def test_a_failed_evaluation_leaves_only_what_was_there(tmp_path, capsys, monkeypatch):
+  """A model with a NaN weight (either format) is refused in one line naming the file and tensor;
+  a path that is not there is refused without a hub lookup; a failed command removes what it
+  created (the default results folder and its checkpoints/) and keeps what --out held."""
+  monkeypatch.chdir(tmp_path)
+  model = create_clip(get_preset("tiny"))
+  hf_weights = _poisoned(os.path.join(hf.save_hf_clip(model, "nan_hf"), "model.safetensors"),
+                         "text_projection.weight")
+  openclip_weights = _poisoned(
+      os.path.join(openclip.save_openclip(model, "nan_open_clip"), openclip.WEIGHTS_FILE),
+      "text_projection")
+  os.mkdir("out")
+  (tmp_path / "out" / "mine.txt").write_text("kept")
+  os.mkdir("runs")
+  before = sorted(os.listdir(tmp_path))
+  flags = ["--tasks=ccneg", "--data_kind=shapes"]
+  for argv, message in (
+      (["--model=nan_hf"], f"{hf_weights}: tensor text_projection.weight holds 1 non-finite"),
+      (["--model=nan_hf", "--out=out"], f"{hf_weights}: tensor text_projection.weight holds 1"),
+      (["--model=nan_open_clip"], f"{openclip_weights}: tensor text_projection holds 1"),
+      (["--model=runs/model"], "--model runs/model: no such file or folder"),
+      (["--model=nope/model"], "'nope/model' is not a local folder; read as a Hugging Face hub "
+                               "id, it is not in the local Hugging Face cache")):
+    assert evaluate.main([*argv, *flags]) == 2, argv
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0], (argv, err)
+    assert sorted(os.listdir(tmp_path)) == before, argv  # no nan_hf_eval/, eval_nope--model/
+    assert os.listdir(tmp_path / "out") == ["mine.txt"], argv
+
+
 def _triples_csv(folder, rows=12):
   rng = np.random.default_rng(1)
   (folder / "images").mkdir()
@@ -131,6 +172,9 @@ def test_an_export_is_scored_with_its_runs_data_and_the_command_lines_overrides(
   # rendered them), the same numbers; without --out, beside the export.
   assert evaluate.main([f"--model={hf_folder}", "--tasks=ccneg"]) == 0
   exported = json.loads((run / "hf_eval" / "results.json").read_text())
+  # Results only: not the checkpoints/ folder the model was loaded through.
+  assert sorted(p.name for p in (run / "hf_eval").iterdir()) == ["results.json",
+                                                                  "similarities_ccneg.npz"]
   assert exported["test/ccneg/items"] == own["test/ccneg/items"] == 64
   assert exported["test/ccneg/accuracy"] == pytest.approx(own["test/ccneg/accuracy"], abs=1e-6)
   assert f"results: {run / 'hf_eval' / 'results.json'}" in capsys.readouterr().out

@@ -185,6 +185,107 @@ def test_not_a_folder_nor_hub_id(tmp_path):
     hf.load_hf_clip(str(tmp_path / "does" / "not" / "exist"))
 
 
+def test_non_finite_weights_are_refused_naming_file_and_tensor(tmp_path):
+  make_oracle("quick_gelu_legacy_eos", tmp_path)
+  name = "vision_model.encoder.layers.1.mlp.fc2.bias"
+
+  def poison(tensors):
+    tensors[name] = tensors[name].copy()
+    tensors[name][[3, 5]] = [np.nan, -np.inf]
+
+  path = _rewrite_weights(tmp_path, poison)
+  with pytest.raises(ValueError, match=re.escape(f"{path}: tensor {name} holds 2 non-finite")):
+    hf.load_hf_clip(str(tmp_path))
+
+
+def _shard_weights(folder):
+  """Splits the folder's model.safetensors into two shards and their index, as transformers saves
+  a large model; returns (index path, weight_map)."""
+  single = os.path.join(folder, "model.safetensors")
+  tensors = safetensors.numpy.load_file(single)
+  os.remove(single)
+  names, weight_map = sorted(tensors), {}
+  for i, part in enumerate((names[::2], names[1::2]), 1):
+    shard = f"model-0000{i}-of-00002.safetensors"
+    safetensors.numpy.save_file({n: tensors[n] for n in part}, os.path.join(folder, shard),
+                                metadata={"format": "pt"})
+    weight_map.update(dict.fromkeys(part, shard))
+  index = os.path.join(folder, "model.safetensors.index.json")
+  with open(index, "w", encoding="utf-8") as f:
+    json.dump({"metadata": {}, "weight_map": weight_map}, f)
+  return index, weight_map
+
+
+def test_sharded_index_names_only_shards_beside_it(tmp_path):
+  folder = tmp_path / "hf"
+  make_oracle("quick_gelu_legacy_eos", folder)
+  index, weight_map = _shard_weights(folder)
+  hf.load_hf_clip(str(folder))  # a sharded folder loads
+  # A copy of the first shard outside the folder: an index naming it must not reach it.
+  shutil.copy(folder / "model-00001-of-00002.safetensors", tmp_path / "outside.safetensors")
+  name = sorted(weight_map)[0]
+  for shard in ("../outside.safetensors", str(tmp_path / "outside.safetensors"),
+                "sub/x.safetensors"):
+    with open(index, "w", encoding="utf-8") as f:
+      json.dump({"weight_map": {**weight_map, name: shard}}, f)
+    message = f"{index}: weight_map entry {name!r} names {shard!r}"
+    with pytest.raises(ValueError, match=re.escape(message)):
+      hf.load_hf_clip(str(folder))
+  with open(index, "w", encoding="utf-8") as f:
+    json.dump({"weight_map": {**weight_map, name: "model-00003-of-00003.safetensors"}}, f)
+  with pytest.raises(FileNotFoundError, match=re.escape(f"{index}: weight_map names the shard "
+                                                         "model-00003-of-00003.safetensors")):
+    hf.load_hf_clip(str(folder))
+
+
+def test_unreadable_files_are_named(tmp_path):
+  """A truncated safetensors file, config.json or index that is not JSON (or not an object): one
+  ValueError naming the file, not safetensors' or json's message alone."""
+  folder = tmp_path / "hf"
+  make_oracle("quick_gelu_legacy_eos", folder)
+  weights = folder / "model.safetensors"
+  weights.write_bytes(weights.read_bytes()[:weights.stat().st_size // 2])
+  with pytest.raises(ValueError, match=re.escape(f"{weights}: not a readable safetensors file")):
+    hf.load_hf_clip(str(folder))
+
+  make_oracle("quick_gelu_legacy_eos", folder)
+  config = folder / "config.json"
+  good_config = config.read_bytes()
+  for content, message in ((b"\xff\xfe{ not json", "not valid JSON"), (b"[1, 2]", "not an object")):
+    config.write_bytes(content)
+    with pytest.raises(ValueError, match=re.escape(f"{config}: ") + ".*" + message):
+      hf.load_hf_clip(str(folder))
+  config.write_bytes(good_config)
+
+  index, _ = _shard_weights(folder)
+  second = folder / "model-00002-of-00002.safetensors"
+  second.write_bytes(b"\x10")
+  with pytest.raises(ValueError, match=re.escape(f"{second}: not a readable safetensors file")):
+    hf.load_hf_clip(str(folder))
+  with open(index, "w", encoding="utf-8") as f:
+    f.write('{"weight_map": ')
+  with pytest.raises(ValueError, match=re.escape(f"{index}: not valid JSON")):
+    hf.load_hf_clip(str(folder))
+
+
+def test_a_missing_local_path_is_never_a_hub_lookup(tmp_path, monkeypatch):
+  """A name is a hub id only as 'org/name' not starting with '.', '/' or '~', whose 'org' is no
+  local folder; any other missing path is one error saying so, without asking the hub."""
+  monkeypatch.chdir(tmp_path)
+  os.mkdir("runs")
+  for path in ("runs/model", "./model", "~/model", "a/b/c", "model"):
+    with pytest.raises(FileNotFoundError, match=re.escape(f"{path!r} is not a folder holding a "
+                                                          "Hugging Face CLIP checkpoint: the local "
+                                                          "path does not exist")):
+      hf.load_hf_clip(path)
+  # A hub id the (offline, as in every test) client cannot fetch: one line that says so.
+  with pytest.raises(FileNotFoundError) as error:
+    hf.load_hf_clip("nope/model")
+  assert str(error.value) == ("'nope/model' is not a local folder; read as a Hugging Face hub "
+                              "id, it is not in the local Hugging Face cache and the hub is off "
+                              "(HF_HUB_OFFLINE)")
+
+
 # ---------------------------------------------------------------------------------------------
 # A gs:// export folder (the GCS emulator of conftest.py).
 # ---------------------------------------------------------------------------------------------
@@ -194,6 +295,49 @@ def _assert_same_params(a, b):
   assert len(flat_a) == len(flat_b)
   for path, x in flat_a:
     assert np.array_equal(np.asarray(x[...]), np.asarray(flat_b[path][...])), path
+
+
+def test_export_replaces_an_earlier_export_and_never_writes_through_a_link(tmp_path):
+  """An export into a folder holding an earlier one (sharded, with a vocabulary file of another
+  tokenizer) leaves exactly the new export's files and the files that are no export's; a symlink
+  named like an export file is replaced, its target outside the folder untouched."""
+  model = create_clip(get_preset("tiny"), seed=1)
+  fresh = tmp_path / "fresh"
+  names = sorted(os.listdir(hf.save_hf_clip(model, str(fresh))))
+  folder = tmp_path / "hf"
+  hf.save_hf_clip(create_clip(get_preset("tiny"), seed=2), str(folder))
+  _shard_weights(folder)
+  (folder / "chat_template.jinja").write_text("an earlier tokenizer's")
+  kept = {"README.md": "a model card", "notes.txt": "mine", "pytorch_model.bin": "not ours"}
+  for name, text in kept.items():
+    (folder / name).write_text(text)
+  outside = tmp_path / "outside.json"
+  outside.write_text("not the export's")
+  for name in ("tokenizer.json", "config.json"):
+    os.remove(folder / name)
+    os.symlink(outside, folder / name)
+
+  hf.save_hf_clip(model, str(folder))
+  assert outside.read_text() == "not the export's"
+  assert sorted(os.listdir(folder)) == sorted(names + list(kept))
+  for name in names:
+    assert not os.path.islink(folder / name), name
+    assert (folder / name).read_bytes() == (fresh / name).read_bytes(), name
+  for name, text in kept.items():
+    assert (folder / name).read_text() == text
+  _assert_same_params(model, hf.load_hf_clip(str(folder)))
+
+
+def test_export_to_a_bucket_removes_an_earlier_exports_objects(tmp_path, gcs_bucket):
+  model = create_clip(get_preset("tiny"), seed=1)
+  names = sorted(os.listdir(hf.save_hf_clip(model, str(tmp_path / "fresh"))))
+  remote = f"{gcs_bucket}/run/hf"
+  for name in ("model.safetensors.index.json", "model-00001-of-00002.safetensors", "notes.txt"):
+    with storage.open(storage.join(remote, name), "wb") as f:
+      f.write(b"earlier")
+  hf.save_hf_clip(model, remote)
+  assert storage.listdir(remote) == sorted(names + ["notes.txt"])
+  _assert_same_params(model, hf.load_hf_clip(remote))
 
 
 def test_export_to_a_bucket_loads_back_and_holds_the_local_files(tmp_path, gcs_bucket):

@@ -7,6 +7,11 @@ import hashlib
 import io
 import json
 import logging
+import os
+import struct
+import threading
+import warnings
+import zlib
 
 import jax
 import jax.numpy as jnp
@@ -496,3 +501,154 @@ def test_length_buckets_leave_embeddings_unchanged(tmp_path, tokenizer):
   for k in range(3):
     np.testing.assert_allclose(model.encode_text(bucketed["tokens"][:, k]),
                                model.encode_text(full["tokens"][:, k]), rtol=0, atol=1e-5)
+
+
+# ----------------------------------------------------------------------------------------------
+# Untrusted input: image paths that leave the image folder, oversized images, CSV encodings.
+# ----------------------------------------------------------------------------------------------
+def _call_or_unblock(fn, fifo, timeout=60):
+  """fn() in a thread; one still blocked after `timeout` s (opening the FIFO, which waits for a
+  writer) is unblocked and the test fails, rather than hanging."""
+  result = []
+  thread = threading.Thread(target=lambda: result.append(fn()), daemon=True)
+  thread.start()
+  thread.join(timeout)
+  if thread.is_alive():
+    os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))  # the blocked reader gets EOF
+    thread.join(timeout)
+    pytest.fail(f"blocked reading the FIFO {fifo}")
+  assert result, "fn raised (see the thread's traceback above)"
+  return result[0]
+
+
+def _escaping_dataset(tmp_path):
+  """The dataset with rows 0-4 naming images outside `images` or no regular file: `..`, an
+  absolute path, a symlink out, a FIFO, a device; row 5 a symlink inside (allowed). Returns
+  (csv, the images folder reached through a symlink, the FIFO)."""
+  path, images = _write_dataset(tmp_path / "data")
+  (tmp_path / "secret.jpg").write_bytes((images / "000.jpg").read_bytes())  # outside the folder
+  os.symlink(tmp_path / "secret.jpg", images / "link_out.jpg")
+  os.symlink(images / "001.jpg", images / "link_in.jpg")
+  os.mkfifo(images / "fifo.jpg")
+  with open(path, newline="", encoding="utf-8") as f:
+    rows = list(csv.DictReader(f))
+  for row, name in zip(rows, ["../../secret.jpg", str(tmp_path / "secret.jpg"), "link_out.jpg",
+                              "fifo.jpg", "/dev/null", "link_in.jpg"]):
+    row["filename"] = name
+  with open(path, "w", newline="", encoding="utf-8") as f:
+    writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+  linked = tmp_path / "linked_images"  # image_dir may itself be a symlink
+  os.symlink(images, linked)
+  return path, linked, images / "fifo.jpg"
+
+
+def test_image_paths_outside_the_image_folder_are_bad_records(tmp_path, tokenizer, caplog):
+  path, images, fifo = _escaping_dataset(tmp_path)
+  source = sources.csv_source(str(path), str(images), split=None)
+  records = _call_or_unblock(lambda: [source[i] for i in range(6)], str(fifo))
+  for record, reason in zip(records, ["leads outside", "leads outside", "leads outside",
+                                      "not a regular file", "leads outside"]):
+    assert record["image"] is None and reason in record["error"], record
+  assert records[5]["image"] == (tmp_path / "data" / "images" / "001.jpg").read_bytes()
+  # In the pipeline they are skipped and counted, as unreadable images are.
+  pipeline = input_pipeline.make_pipeline(source, _config(batch_size=6, max_bad_fraction=0.25),
+                                          train=False, tokenizer=tokenizer)
+  ids = [i for batch in pipeline for i in batch["id"]]
+  assert pipeline.skipped == 5 and len(ids) == N - 5
+  assert "triples.csv:2" in caplog.text and "'../../secret.jpg' leads outside" in caplog.text
+
+
+def test_image_names_stay_inside_local_and_bucket_folders(tmp_path):
+  inside = storage.join_inside
+  assert inside("gs://b/images", "a/../x.jpg") == "gs://b/images/x.jpg"
+  assert inside("gs://b/images/", "sub/./x.jpg") == "gs://b/images/sub/x.jpg"
+  for name in ("../x.jpg", "a/../../x.jpg", "../images2/x.jpg", "/etc/passwd"):
+    with pytest.raises(storage.OutsideFolderError, match="leads outside"):
+      inside("gs://b/images", name)
+  (tmp_path / "images").mkdir()
+  for name in ("/dev/zero", "../x.jpg", str(tmp_path / "x.jpg")):
+    with pytest.raises(storage.OutsideFolderError, match="leads outside"):
+      inside(str(tmp_path / "images"), name)
+  os.mkfifo(tmp_path / "images" / "fifo")
+  with pytest.raises(storage.NotRegularFileError):  # at once: no writer is waited for
+    sources.read_image_file(str(tmp_path / "images"), "fifo")
+  with pytest.raises(storage.NotRegularFileError):
+    sources.read_image_file(str(tmp_path), "images")
+
+
+def _png_header(width, height):
+  """A greyscale PNG whose header declares width × height, with almost no pixel data: PIL reads
+  its size without decoding (and refuses to decode it)."""
+  chunk = lambda kind, body: (struct.pack(">I", len(body)) + kind + body
+                              + struct.pack(">I", zlib.crc32(kind + body)))
+  header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)  # 8-bit grey, no interlace
+  return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header)
+          + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b""))
+
+
+def _thin_png(width=3_000_000):
+  """A real width × 1 PNG (3 KB): 3 M pixels, but a 224 × 672,000,000 shortest-side resize."""
+  out = io.BytesIO()
+  Image.new("L", (width, 1), 128).save(out, "PNG")
+  return out.getvalue()
+
+
+def test_oversized_images_are_bad_records_before_decoding(tokenizer):
+  record = {"id": "x", "caption": "a", "paraphrase": "b", "negation": "c"}
+  # Training's random crop: the header's size decides.
+  crop = input_pipeline.Preprocess(tokenizer, 16, 8, "random_resized", (0.9, 1.0),
+                                   max_image_pixels=1000)
+  rng = np.random.default_rng(0)
+  assert "error" not in crop({**record, "image": _jpeg(32, 31)}, rng)  # 992 pixels
+  out = crop({**record, "image": _jpeg(32, 32)}, rng)
+  assert "32 x 32 = 1,024 pixels, more than max_image_pixels=1,000" in out["error"]
+  # The centre crop resizes the whole image first: a 3 KB PNG of 3,000,000 x 1 would need 150 G
+  # pixels at 224; the random crop resizes only its box, so the same image is fine there.
+  thin = _thin_png()
+  assert len(thin) < 10_000
+  center = input_pipeline.Preprocess(tokenizer, 224, 8, "center", (0.9, 1.0))
+  out = center({**record, "image": thin})
+  assert "image too large" in out["error"] and "shortest-side resize" in out["error"]
+  assert crop.max_image_pixels == 1000 and "error" not in input_pipeline.Preprocess(
+      tokenizer, 16, 8, "random_resized", (0.9, 1.0))({**record, "image": thin}, rng)
+  # PIL's own refusals count the same: its error (over 2 × Image.MAX_IMAGE_PIXELS), and its
+  # warning where warnings are errors.
+  unlimited = input_pipeline.Preprocess(tokenizer, 16, 8, "center", (0.9, 1.0),
+                                        max_image_pixels=None)
+  out = unlimited({**record, "image": _png_header(20_000, 10_000)})
+  assert out["error"].startswith("image too large") and "decompression bomb" in out["error"]
+  with warnings.catch_warnings():
+    warnings.simplefilter("error", Image.DecompressionBombWarning)
+    out = unlimited({**record, "image": _png_header(10_000, 10_000)})
+  assert out["error"].startswith("image too large"), out
+
+
+def test_a_long_thin_image_does_not_stop_evaluation(tmp_path, tokenizer):
+  path, images = _write_dataset(tmp_path)
+  (images / "009.jpg").write_bytes(_thin_png())  # PIL reads the content, not the name
+  source = sources.csv_source(str(path), str(images), split=None)
+  config = _config(batch_size=8, image_size=224, max_bad_fraction=1.0)
+  assert config.max_image_pixels == data_lib.default_config().max_image_pixels == 50_000_000
+  pipeline = input_pipeline.make_pipeline(source, config, train=False, tokenizer=tokenizer)
+  ids = [i for batch in pipeline for i in batch["id"]]
+  assert pipeline.skipped == 1 and "triples.csv:11" not in ids and len(ids) == N - 1
+
+
+def test_csv_encodings_and_oversized_fields(tmp_path):
+  path, _ = _write_dataset(tmp_path, n=4)
+  text = path.read_text(encoding="utf-8")
+  want = sources.read_triples(str(path))
+  path.write_text(text, encoding="utf-8-sig")  # Excel's "CSV UTF-8": a byte-order mark first
+  assert sources.read_triples(str(path)) == want
+  lines = text.splitlines(keepends=True)
+  lines[3] = lines[3].replace("a photo", "a café photo")
+  path.write_bytes("".join(lines).encode("latin-1"))
+  with pytest.raises(ValueError, match=r"triples\.csv: line 4: not UTF-8 text \(byte 0xe9"):
+    sources.read_triples(str(path))
+  lines[3] = lines[3].replace("a café photo", "x" * 131_073)
+  path.write_text("".join(lines), encoding="utf-8")
+  with pytest.raises(ValueError, match=r"triples\.csv: row 4 \(line 4\): field larger than field "
+                     r"limit \(131072\)"):
+    sources.read_triples(str(path))

@@ -8,10 +8,13 @@ import os
 import pathlib
 import re
 import signal
+import struct
 import subprocess
 import sys
 import tarfile
 import textwrap
+import threading
+import zlib
 
 import numpy as np
 import pytest
@@ -312,6 +315,77 @@ def test_bad_records_are_skipped_and_counted(tmp_path):
   assert (summary["read"], summary["written"]) == (12, 7)
 
 
+def _png_header(width, height):
+  """A greyscale PNG whose header declares width × height, with almost no pixel data."""
+  chunk = lambda kind, body: (struct.pack(">I", len(body)) + kind + body
+                              + struct.pack(">I", zlib.crc32(kind + body)))
+  header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)  # 8-bit grey, no interlace
+  return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header)
+          + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b""))
+
+
+def test_untrusted_image_paths_and_oversized_images_are_skipped(tmp_path):
+  """Image names leading outside --image_dir (`..`, absolute, a symlink out) or to no regular
+  file (a FIFO, a device) are never read into shards; images over --max_image_pixels (from the
+  header) and PIL's decompression bombs are skipped by reason too."""
+  rows = _csv_dataset(tmp_path, 12)
+  images = tmp_path / "images"
+  (tmp_path / "secret.jpg").write_bytes(_jpeg(99))
+  os.symlink(tmp_path / "secret.jpg", images / "link_out.jpg")
+  os.mkfifo(images / "fifo.jpg")
+  (images / "bomb.png").write_bytes(_png_header(20_000, 10_000))
+  (images / "big.jpg").write_bytes(_jpeg(98, size=(50, 25)))  # 1,250 pixels; the rest 1,200
+  for i, name in enumerate(["../secret.jpg", str(tmp_path / "secret.jpg"), "link_out.jpg",
+                            "fifo.jpg", "/dev/null", "bomb.png", "big.jpg"]):
+    rows[i]["filename"] = name
+  _write_csv(tmp_path / "triples.csv", rows)
+  out = tmp_path / "out"
+  run = lambda: prepare.main(_csv_args(tmp_path, out, "--max_image_pixels=1200"))
+  done = []
+  thread = threading.Thread(target=lambda: done.append(run()), daemon=True)
+  thread.start()
+  thread.join(120)
+  if thread.is_alive():  # blocked on the FIFO: unblock the reader (it gets EOF), then fail
+    os.close(os.open(images / "fifo.jpg", os.O_WRONLY | os.O_NONBLOCK))
+    thread.join(60)
+    pytest.fail("prepare blocked reading a FIFO")
+  assert done == [0]
+  ids = lambda *rows: [f"triples.csv:{i + 2}" for i in rows]
+  assert [r["id"] for r in _records(out)] == ids(*range(7, 12))
+  assert _summary(out)["skipped"] == {
+      shard_writer.OUTSIDE_IMAGE_DIR: {"count": 4, "examples": ids(0, 1, 2, 4)},
+      shard_writer.NOT_A_FILE: {"count": 1, "examples": ids(3)},
+      shard_writer.TOO_LARGE: {"count": 2, "examples": ids(5, 6)}}
+
+
+def test_resume_refuses_a_changed_input(tmp_path, capsys):
+  rows = _csv_dataset(tmp_path, 6)
+  out = tmp_path / "out"
+  args = _csv_args(tmp_path, out, "--records_per_shard=2")
+  assert prepare.main(args) == 0
+  # The same bytes again (a copy: another mtime) are the same input; the run is just finished.
+  text = (tmp_path / "triples.csv").read_bytes()
+  (tmp_path / "triples.csv").unlink()
+  (tmp_path / "triples.csv").write_bytes(text)
+  assert prepare.main(args) == 0
+  # One caption changed, the size kept: its shards would mix with the old ones.
+  rows[3]["caption"] = rows[3]["caption"].replace("photo", "image")
+  _write_csv(tmp_path / "triples.csv", rows)
+  assert len((tmp_path / "triples.csv").read_bytes()) == len(text)
+  (out / "triples-00002.array_record").unlink()  # and an incomplete run: not resumed either
+  capsys.readouterr()
+  assert prepare.main(args) == 2
+  err = capsys.readouterr().err
+  assert f"{tmp_path / 'triples.csv'}: not the content the shards in {out}" in err
+  assert "new --output_dir, or delete" in err
+  assert [r["caption"] for r in _records(out)] == [f"a photo number {i}" for i in range(4)]
+  # Once the folder holds no shards there is nothing to mix: the new content is written.
+  for shard in out.glob("*.array_record"):
+    shard.unlink()
+  assert prepare.main(args) == 0
+  assert _records(out)[3]["caption"] == "a image number 3"
+
+
 def test_decoded_pixels_are_encoded_as_jpeg(tmp_path):
   y, x = np.mgrid[:30, :40]
   pixels = np.stack([6 * x, 8 * y, 3 * (x + y)], axis=-1).astype(np.uint8)  # smooth: JPEG-friendly
@@ -328,11 +402,11 @@ _KILLER = """
   import os, signal, sys
   from semclip_jax.data import prepare, shard_writer
   encode, calls = shard_writer._encode, [0]
-  def killing_encode(item):  # dies mid-way through the third shard, like a preempted machine
+  def killing_encode(item, *args):  # dies in the third shard, like a preempted machine
     calls[0] += 1
     if calls[0] == {kill_at}:
       os.kill(os.getpid(), signal.SIGKILL)
-    return encode(item)
+    return encode(item, *args)
   shard_writer._encode = killing_encode
   sys.exit(prepare.main(sys.argv[1:]))
 """

@@ -1,8 +1,12 @@
-"""triples.backends: the OpenAI format with a key, fatal errors, the retry policy, and a tiny
-transformers model (mechanics only)."""
+"""triples.backends: the OpenAI format with a key, fatal errors, the retry policy, what a server
+may send (undecodable, deep, huge or trickled answers), and a tiny transformers model (mechanics
+only)."""
 
+import itertools
 import json
 import socket
+import socketserver
+import threading
 import time
 
 import pytest
@@ -116,6 +120,153 @@ def test_no_server_stops_at_the_first_request_with_exit_2_keeping_the_cache(tmp_
 
 
 # ----------------------------------------------------------------------------------------------
+# What a server may send: a lone surrogate, deep JSON, a huge body, a byte now and then.
+# ----------------------------------------------------------------------------------------------
+def test_a_lone_surrogate_fails_its_field_not_the_run(tmp_path):
+  # Valid JSON ("\\ud800") whose text UTF-8 cannot hold: it once stopped the run with exit 2,
+  # caching nothing, on every rerun. Now its field fails on the backend and a rerun asks again.
+  bad = "A cat sleeps on a red sofa."
+  captions = ["A dog runs on the beach.", bad]
+
+  def script(caption, purpose, attempt):
+    if purpose.startswith("verify_"):
+      return 200, "Yes.", {}, 0.0
+    return 200, good(caption, purpose) + ("\ud800" if caption == bad and purpose == "paraphrase"
+                                         else ""), {}, 0.0
+
+  s = ScriptedServer(script)
+  try:
+    write_csv(tmp_path / "in.csv", captions)
+    args = [f"--input={tmp_path / 'in.csv'}", f"--output={tmp_path / 'out.csv'}",
+            "--backend=ollama", f"--base_url={s.url}", "--model=generator", "--retries=0"]
+    assert main(args) == 1
+    rows = read_csv(tmp_path / "out.csv")
+    assert [(r["paraphrased_status"], r["paraphrased_reason"]) for r in rows] == [
+        ("generated", ""), ("failed", "backend error: malformed response")]
+    assert [r["negation"] for r in rows] == [good(c, "negation") for c in captions]
+    assert (bad, "paraphrase") not in cached_pairs(tmp_path / "out.csv.cache.sqlite")
+    s.reset()
+    assert main(args) == 1 and set(s.requests) == {(bad, "paraphrase")}
+  finally:
+    s.close()
+
+
+class RawServer(socketserver.ThreadingTCPServer):
+  """Reads each request whole, then sends what `reply()` yields: (seconds to wait, bytes), as
+  they come; counts the requests."""
+  daemon_threads = True
+
+  def __init__(self, reply):
+    self.reply, self.requests = reply, 0
+    owner = self
+
+    class Handler(socketserver.StreamRequestHandler):
+      def handle(self):
+        length = 0
+        for line in iter(self.rfile.readline, b"\r\n"):
+          if not line:
+            return
+          if line.lower().startswith(b"content-length:"):
+            length = int(line.split(b":")[1])
+        self.rfile.read(length)
+        owner.requests += 1
+        try:
+          for delay, data in owner.reply():
+            time.sleep(delay)
+            self.wfile.write(data)
+        except OSError:  # the client hung up
+          pass
+
+    super().__init__(("127.0.0.1", 0), Handler)
+    threading.Thread(target=self.serve_forever, args=(0.05,), daemon=True).start()
+    self.url = f"http://127.0.0.1:{self.server_address[1]}"
+
+  def close(self):
+    self.shutdown()
+    self.server_close()
+
+
+def _head(length=None):
+  return (b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+          + (b"Connection: close\r\n" if length is None else b"Content-Length: %d\r\n" % length)
+          + b"\r\n")
+
+
+def _ollama(text, size=None):
+  """An ollama answer of `text`, padded with spaces to `size` bytes."""
+  body = json.dumps({"message": {"role": "assistant", "content": text}, "done": True}).encode()
+  return body + b" " * ((size or len(body)) - len(body))
+
+
+REQUEST = protocol.Request("paraphrase", "c", ({"role": "user", "content": "Caption: c"},))
+
+
+def _ask(reply, **options):
+  """(answer or the BackendError raised, attempts, seconds) of one request to a RawServer."""
+  s = RawServer(reply)
+  delays = []
+  options = {"timeout": TIMEOUT, "retry": backends.RetryPolicy(0), **options}
+  backend = backends.OllamaBackend("m", s.url, sleep=delays.append, **options)
+  start = time.monotonic()
+  try:
+    answer = backend.complete(REQUEST)
+  except protocol.BackendError as e:
+    answer = e
+  finally:
+    s.close()
+  return answer, s.requests, time.monotonic() - start
+
+
+@pytest.mark.parametrize("body, what", [
+    (b'{"message": {"content": "A dog \\ud800 runs."}}', "surrogates not allowed at character 6"),
+    (b"[" * 100_000 + b"]" * 100_000, "JSON nested too deeply"),
+    (b'{"message": {"content": {"text": "A dog runs."}}}', "a JSON dict, not text"),
+    (b'{"message": ["A dog runs."]}', "no answer text"),
+    (b"\xff\xfe{", "not JSON"),
+])
+def test_malformed_answers_fail_their_request_once(body, what):
+  answer, attempts, _ = _ask(lambda: [(0, _head(len(body)) + body)],
+                             retry=backends.RetryPolicy(2, 0.01, 0.01))
+  assert isinstance(answer, protocol.BackendError), answer
+  assert answer.reason == "malformed response" and what in str(answer) and attempts == 1
+
+
+def test_answers_over_the_size_cap_fail_reading_no_further():
+  limit = 1000
+  exact = _ollama("A dog runs.", limit)
+  assert _ask(lambda: [(0, _head(limit) + exact)], max_response_bytes=limit)[0] == "A dog runs."
+  over = _ollama("A dog runs.", limit + 1)
+  endless = lambda: itertools.chain([(0, _head())], itertools.repeat((0, b" " * 65536), 1024))
+  for reply in (lambda: [(0, _head(len(over)) + over)],  # refused by its declared length
+                lambda: [(0, _head() + over)],  # no length: read up to the limit + 1 byte
+                endless):  # 64 MiB if it were read whole
+    answer, attempts, seconds = _ask(reply, max_response_bytes=limit)
+    assert isinstance(answer, protocol.BackendError) and answer.reason == "response too large"
+    assert f"larger than {limit} bytes" in str(answer) and attempts == 1 and seconds < 2
+  assert backends.make_backend("ollama", "m").max_response_bytes == 1 << 20
+
+
+@pytest.mark.parametrize("part", ["headers", "body"])
+def test_the_deadline_ends_an_answer_trickled_a_byte_at_a_time(part):
+  # A byte every 0.05 s never trips the 0.4 s timeout between bytes; the whole answer would take
+  # several seconds. The deadline cuts each attempt at 0.5 s, a timeout, retried as documented.
+  body = _ollama("A dog runs on the beach.")
+  whole = _head(len(body)) + body
+  split = len(_head(len(body))) if part == "body" else 0
+  trickle = lambda: [(0, whole[:split])] + [(0.05, whole[i:i + 1])
+                                            for i in range(split, len(whole))]
+  answer, attempts, seconds = _ask(trickle, deadline=0.5,
+                                   retry=backends.RetryPolicy(1, 0.01, 0.01))
+  assert isinstance(answer, protocol.BackendError), answer
+  assert answer.reason == "timeout" and "deadline of 0.5 s" in str(answer)
+  assert attempts == 2 and 1.0 <= seconds < 2.5
+  assert _ask(lambda: [(0, whole)], deadline=0.5)[0] == "A dog runs on the beach."
+  assert backends.make_backend("ollama", "m", timeout=10).deadline == 50
+  with pytest.raises(ValueError, match="--deadline must be positive"):
+    backends.make_backend("ollama", "m", deadline=0)
+
+
+# ----------------------------------------------------------------------------------------------
 # The transformers backend on a tiny random causal LM (mechanics only: its words are garbage).
 # ----------------------------------------------------------------------------------------------
 def _tiny_causal_lm(folder):
@@ -188,6 +339,7 @@ def test_help_shows_the_defaults(capsys):
   text = " ".join(capsys.readouterr().out.split())
   assert "Exit status: 0 done" in text  # the whole description, examples included
   for shown in ("what generates (default: ollama)", "requests in flight (default: 8)",
+                "fails its request (read no further) (default: 1048576)",
                 "seconds between progress lines (default: 30.0)",
                 "ask the verifier yes/no about each answer (default: True)"):
     assert shown in text, shown

@@ -35,3 +35,9 @@ def test_check_and_verdicts():
       cleaning.EMPTY, cleaning.NO_WORDS, cleaning.REFUSAL, cleaning.SAME, cleaning.TOO_LONG, None]
   assert [cleaning.parse_verdict(t) for t in ["Yes.", "no, it differs", "<think>no</think> YES",
                                               "Hard to say"]] == [True, False, True, None]
+
+
+def test_clean_turns_control_characters_into_spaces():
+  # NUL, escape, DEL, C1: no output file gets one (a CSV reader stops at a NUL).
+  assert cleaning.clean("A dog\x00runs\x1b on the\x7f\x9bbeach.\x00") == "A dog runs on the beach."
+  assert cleaning.clean("\x00\x01 \x02") == ""

@@ -7,7 +7,8 @@ import time
 import pytest
 
 from semclip_jax.data.triples import files, generate, rules
-from triples_helpers import SCENARIOS, cached_pairs, good, http_backends, read_csv, write_csv
+from triples_helpers import (SCENARIOS, ScriptedServer, cached_pairs, good, http_backends, read_csv,
+                             write_csv)
 from triples_helpers import server  # pylint: disable=unused-import  (a pytest fixture)
 
 
@@ -87,3 +88,26 @@ def test_empty_captions_are_flagged_not_sent(tmp_path):
   assert [r["negation_status"] for r in rows] == ["generated", "failed", "failed"]
   assert rows[1]["paraphrased_reason"] == generate.EMPTY_CAPTION
   assert summary["empty_captions"] == 2 and summary["unique_captions"] == 1
+
+
+def test_control_characters_in_answers_never_reach_the_csv(tmp_path):
+  captions = ["A dog runs on the beach.", "A cat sleeps on a red sofa."]
+  noisy = lambda text: "\x00" + text.replace(" ", "\x00 ", 2).replace("on", "on\x1b\x7f", 1)
+
+  def script(caption, purpose, attempt):
+    text = "Yes.\x00" if purpose.startswith("verify") else noisy(good(caption, purpose))
+    return 200, text, {}, 0.0
+
+  s = ScriptedServer(script)
+  try:
+    write_csv(tmp_path / "in.csv", captions)
+    generator, verifier = http_backends("ollama", s.url)
+    files.run(str(tmp_path / "in.csv"), str(tmp_path / "out.csv"), generator, verifier,
+              log=lambda m: None)
+  finally:
+    s.close()
+  text = (tmp_path / "out.csv").read_bytes().decode("utf-8").replace("\r\n", "")
+  assert not [c for c in text if c < " " or "\x7f" <= c <= "\x9f"]
+  rows = read_csv(tmp_path / "out.csv")
+  assert [(r["paraphrased"], r["negation"]) for r in rows] == [
+      (good(c, "paraphrase"), good(c, "negation")) for c in captions]

@@ -19,10 +19,12 @@ negation; L is the smallest of `length_buckets` holding the batch's longest capt
 own key, else a hash of the encoded image). The eval path is deterministic. The iterator's state
 (`get_state`/`set_state`) is JSON-able and restores the exact batch sequence.
 
-Bad-input policy: a record whose image is missing, unreadable, truncated or zero-size, or whose
-caption field is empty or not a string, is skipped, counted and logged once with its id and
-reason. Each epoch ends with a summary; when an epoch's skipped records exceed `max_bad_fraction`
-of its records the pipeline raises `BadDataError` naming the first offenders.
+Bad-input policy: a record whose image is missing, unreadable, truncated or zero-size, outside
+its image folder or not a regular file (`sources.read_image_file`), or too large
+(`max_image_pixels`: the header's size, and the centre crop's resize, checked before decoding),
+or whose caption field is empty or not a string, is skipped, counted and logged once with its id
+and reason. Each epoch ends with a summary; when an epoch's skipped records exceed
+`max_bad_fraction` of its records the pipeline raises `BadDataError` naming the first offenders.
 """
 
 from __future__ import annotations
@@ -42,8 +44,9 @@ from PIL import Image
 from semclip_jax.data import bucket_agreement
 from semclip_jax.data.sources import FIELDS, content_key
 from semclip_jax.data.tokenizer import CLIPTokenizer
-from semclip_jax.data.transforms import (RESIZES, decode_rgb, draft_size,
-                                         eval_resize, open_image, random_resized_crop_box)
+from semclip_jax.data.transforms import (MAX_IMAGE_PIXELS, RESIZES, TOO_LARGE_ERRORS,
+                                         check_resize, decode_rgb, draft_size, eval_resize,
+                                         open_image, random_resized_crop_box)
 
 logger = logging.getLogger(__name__)
 _MAX_NOTES = 5  # offenders remembered per batch, and named in BadDataError
@@ -80,6 +83,11 @@ def default_config() -> ml_collections.ConfigDict:
   c.worker_count = 2  # grain worker processes (0: decode in the main process)
   c.worker_buffer_size = 2  # batches each worker prepares ahead
   c.max_bad_fraction = 0.01  # an epoch may skip at most this fraction of its records
+  # Largest image, in pixels: its header's width × height (checked before any decoding) and the
+  # centre crop's shortest-side resize (a 3,000,000 × 1 image would make 224 × 672,000,000). An
+  # image over it is a bad record, as an undecodable one. 50 M: 150 MB decoded, above any photo
+  # of the data and a 48 MP camera's, far below a host's memory (transforms.MAX_IMAGE_PIXELS).
+  c.max_image_pixels = MAX_IMAGE_PIXELS
   return c
 
 
@@ -102,11 +110,14 @@ class Preprocess:
   `crop` ("random_resized" or "center") applies to `resize="shortest_side_crop"`; "squash" never
   crops. Without an `rng` (eval) the output is a pure function of the record. A record carrying an
   `image_embedding` (from `image_embedding_cache.CachedSource`) passes it on instead of "image".
+  An image of more than `max_image_pixels` pixels, or whose centre crop would resize it to more,
+  is skipped before it is decoded.
   """
 
   def __init__(self, tokenizer: CLIPTokenizer, image_size: int, context_length: int,
                crop: str, crop_scale: tuple[float, float], *,
-               resize: str = "shortest_side_crop", jpeg_draft: bool = False):
+               resize: str = "shortest_side_crop", jpeg_draft: bool = False,
+               max_image_pixels: int | None = MAX_IMAGE_PIXELS):
     if crop not in ("random_resized", "center"):
       raise ValueError(f"unknown crop {crop!r} (data.train_crop); choose 'random_resized' or "
                        "'center'")
@@ -119,6 +130,7 @@ class Preprocess:
     self.crop_scale = tuple(crop_scale)
     self.resize = resize
     self.jpeg_draft = jpeg_draft
+    self.max_image_pixels = max_image_pixels
 
   def __call__(self, record: dict[str, Any], rng: np.random.Generator | None = None
                ) -> dict[str, Any]:
@@ -145,15 +157,21 @@ class Preprocess:
       return None, "no image"
     box = None
     try:
-      pil = open_image(record["image"])  # the header: the size, before any pixel is decoded
+      # The header: the size, before any pixel is decoded (an image over the limit stops here).
+      pil = open_image(record["image"], self.max_image_pixels)
       if min(pil.size) == 0:
         return None, "zero-size image"
       if self.resize != "squash" and self.crop == "random_resized" and rng is not None:
-        box = random_resized_crop_box(*pil.size, rng, self.crop_scale)
+        box = random_resized_crop_box(*pil.size, rng, self.crop_scale)  # resizes the box only
+      else:  # the eval resize, whose size the image's aspect decides
+        check_resize(*pil.size, self.image_size, self.resize, self.max_image_pixels)
       pil, factor = decode_rgb(pil, draft_size(*pil.size, self.image_size, self.resize, box)
                                if self.jpeg_draft else None)
+    except TOO_LARGE_ERRORS as e:
+      return None, f"image too large: {e}"
     except Exception as e:  # PIL raises many types for broken files; all mean "skip it"
       return None, f"undecodable image: {type(e).__name__}: {e}"
+    # The resize stays outside: its size is checked above, so what it raises is the host's.
     if box is not None:
       box = tuple(x / factor for x in box)  # a drafted image is `factor` times smaller
       return np.asarray(pil.resize((self.image_size,) * 2, Image.Resampling.BICUBIC, box=box)), None
@@ -216,7 +234,8 @@ def build_dataset(source, config: ml_collections.ConfigDict, *, train: bool,
   preprocess = Preprocess(tokenizer or CLIPTokenizer(context_length=config.context_length),
                           config.image_size, config.context_length, crop, config.crop_scale,
                           resize=config.resize,
-                          jpeg_draft=train and config.get("jpeg_draft", False))
+                          jpeg_draft=train and config.get("jpeg_draft", False),
+                          max_image_pixels=config.get("max_image_pixels", MAX_IMAGE_PIXELS))
   ds = ds.random_map(preprocess, seed=config.seed) if train else ds.map(preprocess)
   batches = DropBadRecords(ds.to_iter_dataset()).batch(config.batch_size // process_count,
                                                        drop_remainder=train)

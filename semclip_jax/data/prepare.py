@@ -32,9 +32,19 @@ empty or undecodable; an empty or non-string caption field) are skipped and coun
 `summary.json`; structural errors (missing column or field, unreadable input) exit with code 2.
 Progress (records done, written, skipped, rate, ETA) goes to stderr.
 
+Image names in the input are untrusted (`sources.read_image_file`): one that resolves outside
+`--image_dir` (absolute, `..`, a symlink out) or that is not a regular file (a FIFO, a device) is
+skipped and counted, as is an image whose header declares more than `--max_image_pixels`.
+
 A shard is written under a temporary name, renamed when complete and then recorded in
 `progress.json` (one per folder): rerunning the same command redoes only incomplete shards, so an
 interrupted run resumes without duplicates or losses, and a finished one only prints its summary.
+`progress.json` also records the identity of every input file (`--input`, `--triples`; local:
+size and SHA-256 of the content, gs://: the object's size and checksums). A rerun whose input
+changed while its folder holds shards is refused with one error naming the file: the old shards
+would mix with the new rows (duplicates, losses, a split drawn from two files). It is refused
+rather than redone so that nothing written is thrown away unasked: use a new `--output_dir`, or
+delete the old one to start over.
 
 Every path (inputs, `--image_dir`, `--triples`, `--output_dir`) may be local or gs://bucket/...
 (`semclip_jax.storage`): shards are written locally and uploaded as whole objects, and a bucket
@@ -52,7 +62,7 @@ import sys
 from typing import Any, Callable, Mapping, Sequence
 
 from semclip_jax import storage
-from semclip_jax.data import readers, sources
+from semclip_jax.data import readers, sources, transforms
 from semclip_jax.data.shard_writer import Counted, Item, PrepareError, write_shards
 from semclip_jax.progress import HelpFormatter
 
@@ -106,6 +116,7 @@ def prepare(fmt: str, inputs: Sequence[str], output_dir: str, *, image_dir: str 
             ccneg_official: bool = False, split_column: str | None = None,
             split_by: str = "image", ccneg_val_fraction: float = 0.05,
             records_per_shard: int = 10_000, num_workers: int | None = None,
+            max_image_pixels: int | None = transforms.MAX_IMAGE_PIXELS,
             log: Callable[[str], Any] = print) -> dict:
   """Converts one input (see the module docstring) into shards in `output_dir`; returns the
   summary, for `split="all"` {split: summary} of the folders `<output_dir>/<split>`. Structural
@@ -121,6 +132,9 @@ def prepare(fmt: str, inputs: Sequence[str], output_dir: str, *, image_dir: str 
   choose = dict(ratios=ratios, seed=split_seed, ccneg_official=ccneg_official,
                 split_column=split_column, split_by=split_by,
                 ccneg_val_fraction=ccneg_val_fraction)
+  # The files whose content the shards come from, recorded so that a resume notices a change.
+  input_files = [*(readers.sugarcrepe_files(paths) if fmt == "sugarcrepe_json" else paths),
+                 *([triples] if triples else [])]
 
   @functools.cache  # read once for all splits, and only when shards are missing
   def rows() -> tuple[list[sources.Triple], dict[str, str]]:
@@ -139,7 +153,8 @@ def prepare(fmt: str, inputs: Sequence[str], output_dir: str, *, image_dir: str 
                 "ratios": list(ratios) if split else None,
                 "ccneg_official": ccneg_official, "split_column": split_column,
                 "split_by": split_by if split else None,
-                "ccneg_val_fraction": ccneg_val_fraction if split and ccneg_official else None}
+                "ccneg_val_fraction": ccneg_val_fraction if split and ccneg_official else None,
+                "max_image_pixels": max_image_pixels}
 
     def reader(wanted):  # runs only when shards are missing: a finished run reads no input
       if fmt == "webdataset":
@@ -148,12 +163,13 @@ def prepare(fmt: str, inputs: Sequence[str], output_dir: str, *, image_dir: str 
       triples_, errors = rows()
       chosen = sources.select_split(triples_, split, **choose)
       return Counted((Item(t.id, t.caption, t.paraphrase, t.negation, error=errors.get(t.id),
-                           image_path=storage.join(image_dir, t.image), image_key=t.image)
-                      for t in chosen), len(chosen))  # workers read the images
+                           image_path=t.image, image_dir=image_dir, image_key=t.image)
+                      for t in chosen), len(chosen))  # workers read the images, kept inside
 
     return write_shards(reader, folder, settings, records_per_shard=records_per_shard,
                         num_workers=num_workers, log=log,
-                        desc=f"prepare {split}" if split else "prepare")
+                        desc=f"prepare {split}" if split else "prepare", inputs=input_files,
+                        max_image_pixels=max_image_pixels)
 
   if split != ALL:
     summary = write(split, output_dir)
@@ -225,6 +241,9 @@ def _parser() -> argparse.ArgumentParser:
   add("--split_column", help="csv: a column naming each row's split")
   add("--records_per_shard", type=int, default=10_000, help="input records per shard")
   add("--num_workers", type=int, help="image-checking threads; unset: min(8, CPUs)")
+  add("--max_image_pixels", type=int, default=transforms.MAX_IMAGE_PIXELS,
+      help="an image whose header declares more pixels is skipped unread (as "
+      "data.max_image_pixels in training)")
   return parser
 
 
@@ -236,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
             split_seed=args.split_seed, ratios=args.ratios, ccneg_official=args.ccneg_official,
             split_column=args.split_column, split_by=args.split_by,
             ccneg_val_fraction=args.ccneg_val_fraction, records_per_shard=args.records_per_shard,
-            num_workers=args.num_workers,
+            num_workers=args.num_workers, max_image_pixels=args.max_image_pixels,
             log=lambda m: print(m, flush=True))  # in order with the progress lines on stderr
   except (ValueError, OSError) as e:  # structural: missing column or field, unreadable input
     print(f"error: {e}", file=sys.stderr)

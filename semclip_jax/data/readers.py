@@ -114,15 +114,21 @@ def ccneg_triples(path: str, image_dir: str, side: Mapping[str, tuple[Any, Any]]
   return triples, errors
 
 
+def sugarcrepe_files(inputs: Sequence[str]) -> list[str]:
+  """The SugarCrepe++ subset files `inputs` name: a file as given, a folder its subset files."""
+  files = []
+  for path in inputs:
+    found = [storage.join(path, f"{s}.json") for s in SUGARCREPE_SUBSETS]
+    files += [p for p in found if storage.isfile(p)] if storage.isdir(path) else [path]
+  return files
+
+
 def sugarcrepe_triples(inputs: Sequence[str]) -> list[sources.Triple]:
   """Triples of SugarCrepe++ subset files (or folders holding them): caption, caption2 (the
   paraphrase), negative_caption, with ids `<file stem>:<record id>`. The release
   (github.com/Sri-Harsha/scpp, data/*.json) is a list of records with an "id"; SugarCrepe's own
   files map id -> record: both are read."""
-  files = []
-  for path in inputs:
-    found = [storage.join(path, f"{s}.json") for s in SUGARCREPE_SUBSETS]
-    files += [p for p in found if storage.isfile(p)] if storage.isdir(path) else [path]
+  files = sugarcrepe_files(inputs)
   triples = []
   for path in files:
     subset = os.path.splitext(storage.basename(path))[0]

@@ -7,6 +7,13 @@ image, shared by every row showing it (triple files: the image's file name; Arra
 cannot be read carries `image=None` and an `error` saying why: the pipeline skips and counts it
 (bad-input policy), nothing raises mid-epoch.
 
+Image names in a triple file are untrusted (`read_image_file`): a name that resolves outside the
+image folder (an absolute path, `..`, a symlink out; a gs:// key by normalisation) or that is not
+a regular file (a FIFO, a device) is refused, a bad record like an unreadable image; training,
+evaluation and prepare all read images through it. Triple files are UTF-8, with or without a
+byte-order mark; text that is not, or a CSV field over the csv module's limit, is one error naming
+the file and line (`read_rows`).
+
 Paths: every file named by a user (triple files, image folders, shard folders) may be local or
 `gs://` (`semclip_jax.storage`); ArrayRecord shards in a bucket are read from checked local copies
 (`storage.cached_local_copy`), since ArrayRecord's reader opens local files only.
@@ -20,9 +27,11 @@ between train, val and test).
 
 from __future__ import annotations
 
+import codecs
 import csv
 import dataclasses
 import hashlib
+import io
 import json
 import logging
 import os
@@ -77,19 +86,41 @@ def detect_layout(columns: Sequence[str]) -> str | None:
 
 def read_rows(path: str) -> tuple[list[str], list[dict[str, Any]], int]:
   """(header, rows, number of the first data row) of a CSV (header row 1) or a JSONL file
-  (local or gs://)."""
-  with storage.open(storage.check(path), newline="", encoding="utf-8") as f:
-    if not path.endswith((".jsonl", ".json")):
-      reader = csv.DictReader(f)
-      return list(reader.fieldnames or []), list(reader), 2
-    rows = []
-    for line_number, line in enumerate(f, 1):
-      if line.strip():
-        try:
-          rows.append(json.loads(line))
-        except json.JSONDecodeError as e:
-          raise ValueError(f"{path}:{line_number}: not a JSON object: {e}") from e
-    return sorted(set().union(*(r.keys() for r in rows))) if rows else [], rows, 1
+  (local or gs://), UTF-8 with or without a byte-order mark (Excel's "CSV UTF-8" has one). Text
+  that is not UTF-8, a CSV row the csv module refuses (a field over csv.field_size_limit(), a NUL)
+  or a JSONL line that is not an object is a ValueError naming the file and line."""
+  # Decoded whole (the rows are all kept anyway): a decoding error's offset then gives its line.
+  data = storage.read_bytes(storage.check(path)).removeprefix(codecs.BOM_UTF8)
+  try:
+    text = data.decode("utf-8")
+  except UnicodeDecodeError as e:
+    line = data.count(b"\n", 0, e.start) + 1
+    raise ValueError(f"{path}: line {line}: not UTF-8 text "
+                     f"(byte {data[e.start]:#04x}: {e.reason}); save the file as UTF-8") from None
+  lines = io.StringIO(text, newline="")  # as open(newline=""): the csv module reads \r\n itself
+  rows = []
+  if not path.endswith((".jsonl", ".json")):
+    reader = csv.DictReader(lines)
+    header = None
+    try:
+      header = list(reader.fieldnames or [])
+      for row in reader:
+        rows.append(row)
+    except csv.Error as e:  # row numbers as read_triples gives them: the header is row 1
+      number = 1 if header is None else len(rows) + 2
+      # The inner reader's line count: DictReader's own is updated only after a row parses.
+      raise ValueError(f"{path}: row {number} (line {reader.reader.line_num}): {e}") from None
+    return header, rows, 2
+  for line_number, line in enumerate(lines, 1):
+    if line.strip():
+      try:
+        row = json.loads(line)
+      except json.JSONDecodeError as e:
+        raise ValueError(f"{path}:{line_number}: not a JSON object: {e}") from e
+      if not isinstance(row, dict):
+        raise ValueError(f"{path}:{line_number}: not a JSON object: {type(row).__name__}")
+      rows.append(row)
+  return sorted(set().union(*(r.keys() for r in rows))) if rows else [], rows, 1
 
 
 def read_triples(path: str, *, layout: str | None = None, columns: Mapping[str, str] | None = None,
@@ -198,9 +229,17 @@ def ccneg_official_split(triples: Sequence[Triple], split: str, *, val_fraction:
                         ratios=(1 - val_fraction, val_fraction, 0.0), seed=seed)
 
 
+def read_image_file(image_dir: str, name: str) -> bytes:
+  """The bytes of the image file `name`, as a triple file names it (untrusted), in `image_dir`: it
+  must resolve inside the folder (`storage.join_inside`: no absolute path, no `..` or symlink
+  leading out) and be a regular file (`storage.read_regular_file`: never a FIFO, which blocks, or
+  a device, which never ends). Raises storage.OutsideFolderError (a ValueError) or an OSError."""
+  return storage.read_regular_file(storage.join_inside(image_dir, name))
+
+
 class TripleFileSource:
   """grain random-access source over triples whose images are files in `image_dir` (a local
-  folder or a gs:// prefix)."""
+  folder or a gs:// prefix), read by `read_image_file`."""
 
   def __init__(self, triples: Sequence[Triple], image_dir: str):
     self.triples = list(triples)
@@ -217,12 +256,13 @@ class TripleFileSource:
 
   def __getitem__(self, index: int) -> dict[str, Any]:
     record = self.metadata(index)
-    path = storage.join(self.image_dir, self.triples[index].image)
+    name = self.triples[index].image
     try:
-      with storage.open(path, "rb") as f:
-        return {**record, "image": f.read()}
-    except OSError as e:
-      return {**record, "image": None, "error": f"cannot read image {path}: {e.strerror or e}"}
+      return {**record, "image": read_image_file(self.image_dir, name)}
+    except (OSError, ValueError) as e:  # a bad record: counted, and nothing outside is read
+      reason = e.strerror if isinstance(e, OSError) and e.strerror else e
+      return {**record, "image": None,
+              "error": f"cannot read image {storage.join(self.image_dir, name)}: {reason}"}
 
   def __repr__(self) -> str:
     return f"TripleFileSource({len(self)} triples, image_dir={self.image_dir!r})"

@@ -1,7 +1,10 @@
 """Image transforms shared by training, evaluation and export (uint8 HWC in, float32 HWC out).
 
 - decode (`to_pil`; `open_image` + `decode_rgb` when the size must be known before decoding, for
-  JPEG draft decoding: `draft_size`);
+  JPEG draft decoding: `draft_size`); `open_image` refuses an image whose header declares more than
+  `max_pixels` (`MAX_IMAGE_PIXELS`, `data.max_image_pixels`) before any pixel is decoded, and
+  `check_resize` an eval resize that would make more (a long thin image): `TOO_LARGE_ERRORS`,
+  with PIL's own decompression-bomb refusals, are what the callers count as bad records;
 - resize (`RESIZES`): CLIP's eval transform, a bicubic shortest-side resize + centre crop
   (`resize_shortest_and_center_crop`), or the official SemCLIP code's squash to size x size with
   PIL bilinear (`squash`, torchvision `Resize((S, S))` on a PIL image);
@@ -27,14 +30,42 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 NORMALIZATIONS = {"clip": (CLIP_MEAN, CLIP_STD), "imagenet": (IMAGENET_MEAN, IMAGENET_STD)}
 RESIZES = ("shortest_side_crop", "squash")
 _CROP_TRIES = 10  # torchvision RandomResizedCrop.get_params
+# The default of `data.max_image_pixels`: the most pixels an image may declare in its header, and
+# the most the eval resize may make before its crop. 50 M pixels decode to 150 MB of RGB (200 MB
+# in PIL's 4-byte pixels) and a resize holds about twice that, per worker: far below a host's
+# memory even with 8 workers, yet above any photo in the data this trains on (CC3M and COCO are
+# about 0.3 M pixels) and a 48 MP camera frame. It is under PIL's own limit
+# (Image.MAX_IMAGE_PIXELS, 89 M: a warning, an error at twice that), so this check decides.
+MAX_IMAGE_PIXELS = 50_000_000
 
 
-def open_image(image: Any) -> Image.Image:
+class ImageTooLargeError(ValueError):
+  """An image that would take more than `max_pixels` pixels to decode or to resize."""
+
+
+# What "this image is too large" raises: our checks, and PIL's decompression-bomb refusal (the
+# warning only where warnings are errors). Callers count it as a bad record, as an undecodable one.
+TOO_LARGE_ERRORS = (ImageTooLargeError, Image.DecompressionBombError,
+                    Image.DecompressionBombWarning)
+
+
+def check_pixels(width: int, height: int, max_pixels: int | None) -> None:
+  """Raises ImageTooLargeError when width x height exceeds `max_pixels` (None: no limit)."""
+  if max_pixels is not None and width * height > max_pixels:
+    raise ImageTooLargeError(f"{width} x {height} = {width * height:,} pixels, more than "
+                             f"max_image_pixels={max_pixels:,}")
+
+
+def open_image(image: Any, max_pixels: int | None = MAX_IMAGE_PIXELS) -> Image.Image:
   """An encoded image (bytes) opened with its header read and its pixels not yet decoded, so its
-  size is known for free; a pixel array as an image."""
+  size is known for free; a pixel array as an image. More than `max_pixels` pixels (None: no
+  limit) raise ImageTooLargeError here, before any decoding (`TOO_LARGE_ERRORS`)."""
   if isinstance(image, np.ndarray):
-    return Image.fromarray(image.astype(np.uint8))
-  return Image.open(io.BytesIO(image))
+    pil = Image.fromarray(image.astype(np.uint8))
+  else:
+    pil = Image.open(io.BytesIO(image))  # PIL's own bomb check may raise already
+  check_pixels(*pil.size, max_pixels)
+  return pil
 
 
 def decode_rgb(pil: Image.Image, draft_size: tuple[int, int] | None = None
@@ -64,13 +95,31 @@ def to_pil(image: Any) -> Image.Image:
   return decode_rgb(open_image(image))[0]
 
 
+def shortest_side_size(width: int, height: int, size: int) -> tuple[int, int]:
+  """(width, height) of CLIP's shortest-side resize of a width × height image, before its crop:
+  the shortest side `size`, the long side int(size·long/short)."""
+  short, long = min(width, height), max(width, height)
+  new_long = int(size * long / short)
+  return (size, new_long) if width <= height else (new_long, size)
+
+
+def check_resize(width: int, height: int, size: int, resize: str,
+                 max_pixels: int | None = MAX_IMAGE_PIXELS) -> None:
+  """Raises ImageTooLargeError when `eval_resize` of a width × height image would make more than
+  `max_pixels` pixels: "shortest_side_crop" resizes the whole image before its crop, so a long
+  thin image blows up (3,000,000 × 1 at 224: 224 × 672,000,000); "squash" makes size × size."""
+  if resize == "shortest_side_crop" and max_pixels is not None:
+    new_w, new_h = shortest_side_size(width, height, size)
+    if new_w * new_h > max_pixels:
+      raise ImageTooLargeError(
+          f"{width} x {height} pixels, whose shortest-side resize to {size} would be {new_w} x "
+          f"{new_h} = {new_w * new_h:,} pixels, more than max_image_pixels={max_pixels:,}")
+
+
 def resize_shortest_and_center_crop(pil: Image.Image, size: int) -> np.ndarray:
   """CLIP's eval transform, as CLIPImageProcessor: bicubic resize of the shortest side to `size`
   (long side int(size·long/short)), then the central size × size crop. uint8 HWC out."""
-  width, height = pil.size
-  short, long = min(width, height), max(width, height)
-  new_long = int(size * long / short)
-  new_w, new_h = (size, new_long) if width <= height else (new_long, size)
+  new_w, new_h = shortest_side_size(*pil.size, size)
   pixels = np.asarray(pil.resize((new_w, new_h), Image.Resampling.BICUBIC))
   top, left = (new_h - size) // 2, (new_w - size) // 2
   return pixels[top:top + size, left:left + size]

@@ -16,9 +16,11 @@ Progress (fields done of all, model calls, cached answers, failures, rate, ETA) 
 bar on a terminal, else a line every --progress_every seconds.
 
 Exit status: 0 done; 1 some fields failed on the backend (rerun the same command to retry only
-those); 2 bad input or options, or a backend that cannot serve any request (no server at the URL,
-a wrong key or model: the run stops at the first such error, keeping the answers cached so far);
-130 interrupted.
+those); 2 bad input or options, an answer cache that cannot be used (one line naming the file), or
+a backend that cannot serve any request (no server at the URL, a wrong key or model: the run stops
+at the first such error, keeping the answers cached so far); 130 (SIGINT, Ctrl-C) or 143
+(SIGTERM): stopped by the signal at once, without waiting for the requests in flight, keeping the
+answers cached so far (a second signal while stopping is ignored).
 """
 
 from __future__ import annotations
@@ -26,7 +28,11 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
+import signal
 import sys
+import threading
+from typing import Callable
 
 from semclip_jax import storage
 from semclip_jax.data.triples import backends, files, generate, protocol
@@ -67,6 +73,11 @@ def _parser() -> argparse.ArgumentParser:
       help="reject answers longer than this times the caption (+20 characters)")
   add("--concurrency", type=int, default=8, help="requests in flight")
   add("--timeout", type=float, default=60.0, help="seconds to connect and between bytes")
+  add("--deadline", type=float, help="seconds one attempt of a request may take in all "
+      "(connecting, the headers and the whole body); past it: a timeout, retried; unset: "
+      f"{backends.DEADLINE_TIMEOUTS} x --timeout")
+  add("--max_response_bytes", type=int, default=backends.MAX_RESPONSE_BYTES,
+      help="a larger answer body fails its request (read no further)")
   add("--retries", type=int, default=4, help="retries of timeouts, dropped connections, 429, 5xx")
   add("--backoff", type=float, default=1.0, help="seconds before the first retry, then doubled")
   add("--max_backoff", type=float, default=30.0, help="longest wait before a retry, in seconds")
@@ -88,8 +99,9 @@ def _prompts(path: str | None) -> dict[str, generate.Prompt]:
 
 def _backends(args: argparse.Namespace) -> tuple[protocol.Backend, protocol.Backend]:
   retry = backends.RetryPolicy(args.retries, args.backoff, args.max_backoff)
-  common = dict(timeout=args.timeout, retry=retry, api_key=args.api_key, device=args.device,
-                dtype=args.dtype)
+  common = dict(timeout=args.timeout, deadline=args.deadline,
+                max_response_bytes=args.max_response_bytes, retry=retry, api_key=args.api_key,
+                device=args.device, dtype=args.dtype)
   generator = backends.make_backend(args.backend, args.model, base_url=args.base_url, **common)
   name = args.verifier_backend or args.backend
   model = args.verifier_model or (args.model if name == args.backend else "")
@@ -99,8 +111,41 @@ def _backends(args: argparse.Namespace) -> tuple[protocol.Backend, protocol.Back
   return generator, backends.make_backend(name, model, base_url=url, **common)
 
 
+class Interrupted(KeyboardInterrupt):
+  """SIGINT or SIGTERM arrived: raised in the main thread by `main`'s handler, so that both stop
+  the run as Ctrl-C does (a KeyboardInterrupt: temporary files are removed, the pool is not
+  waited for, the cache is closed)."""
+
+  def __init__(self, signum: int):
+    super().__init__(signal.Signals(signum).name)
+    self.signum = signum
+
+
+def _stop_on_signals() -> Callable[[], None]:
+  """Makes SIGINT and SIGTERM raise `Interrupted`; returns what restores the previous handlers.
+  The first signal stops the run; later ones are ignored, so they cannot break the stop's own
+  cleanup (closing the cache, removing temporary files) halfway."""
+  if threading.current_thread() is not threading.main_thread():  # only it may set handlers
+    return lambda: None
+  stop_signals = (signal.SIGINT, signal.SIGTERM)
+
+  def stop(signum: int, _frame: object) -> None:
+    for s in stop_signals:
+      signal.signal(s, signal.SIG_IGN)
+    raise Interrupted(signum)
+
+  previous = {s: signal.signal(s, stop) for s in stop_signals}
+
+  def restore() -> None:
+    for s, handler in previous.items():
+      signal.signal(s, handler)
+
+  return restore
+
+
 def main(argv: list[str] | None = None) -> int:
   args = _parser().parse_args(argv)
+  restore = _stop_on_signals()
   try:
     prompts = _prompts(args.prompts)
     if args.print_prompts:
@@ -125,11 +170,23 @@ def main(argv: list[str] | None = None) -> int:
   except (ValueError, OSError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
-  except KeyboardInterrupt:
-    print("interrupted; the answers received so far are cached", file=sys.stderr)
-    return 130
+  except KeyboardInterrupt as e:  # Interrupted; a plain one (no handler set) is a SIGINT
+    signum = getattr(e, "signum", signal.SIGINT)
+    print(f"interrupted by {signal.Signals(signum).name}; the answers received so far are cached: "
+          "rerun the same command to continue", file=sys.stderr)
+    return 128 + signum
+  finally:
+    restore()
   return 1 if summary["backend_failures"] else 0
 
 
 if __name__ == "__main__":
-  sys.exit(main())
+  status = main()
+  if status > 128:
+    # Stopped by a signal: exit now. The interpreter would otherwise join the pool's threads, each
+    # until its request in flight ends (up to --deadline per retry); their answers are not needed
+    # and the cache is already closed.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)  # pylint: disable=protected-access
+  sys.exit(status)

@@ -8,14 +8,20 @@
 - `rules`: deterministic templates, in `rules.py`.
 
 HTTP retry policy: a request is tried at most `1 + retries` times. Retried: dropped connections
-(reset, closed early), timeouts (`timeout` seconds to connect and between received bytes), HTTP
-429 and every 5xx. Before retry n (0-based) the backend sleeps `backoff * 2**n` seconds times a
-random factor in [0.5, 1] (so parallel workers do not retry in lockstep), at least the server's
-`Retry-After` seconds when it sends one, and never more than `max_backoff`. What would fail every
-request alike raises `FatalBackendError`, which stops the run at once: no server at the URL
-(connection refused, unknown host, unreachable network) and HTTP 401, 403 and 404 (bad key,
-unknown model or URL). Other 4xx, a malformed body and exhausted retries raise `BackendError` for
-that request only.
+(reset, closed early), timeouts, HTTP 429 and every 5xx. A timeout is either `timeout` seconds
+without a byte (connecting, or between received bytes) or an attempt past its `deadline` (default
+5 x `timeout`): the whole attempt (connecting, TLS, sending, the headers and the whole body) must
+end within it, so a server trickling a byte now and then cannot hold a request forever. Before
+retry n (0-based) the backend sleeps `backoff * 2**n` seconds times a random factor in [0.5, 1]
+(so parallel workers do not retry in lockstep), at least the server's `Retry-After` seconds when
+it sends one, and never more than `max_backoff`. What would fail every request alike raises
+`FatalBackendError`, which stops the run at once: no server at the URL (connection refused,
+unknown host, unreachable network) and HTTP 401, 403 and 404 (bad key, unknown model or URL).
+Other 4xx, a body over `max_response_bytes` (1 MiB by default: an answer is a few hundred bytes;
+no more than the limit + 1 byte is read) and a malformed answer raise `BackendError` for that
+request only, unretried, as do exhausted retries. Malformed: not JSON, JSON nested deeper than
+the parser's recursion limit, no answer text where the API puts it, or text UTF-8 cannot encode
+(a lone surrogate such as "\\ud800", which JSON allows, could be neither cached nor written).
 """
 
 from __future__ import annotations
@@ -39,6 +45,8 @@ from semclip_jax.data.triples.rules import RulesBackend
 
 BACKENDS = ("ollama", "openai", "transformers", "rules")
 DEFAULT_URLS = {"ollama": "http://127.0.0.1:11434", "openai": "http://127.0.0.1:8000/v1"}
+MAX_RESPONSE_BYTES = 1 << 20  # an answer's JSON is a few hundred bytes; 1 MiB allows any sane one
+DEADLINE_TIMEOUTS = 5  # the default deadline, in `timeout`s
 
 
 class _Retryable(Exception):
@@ -74,18 +82,118 @@ def _retry_after(headers: Any) -> float | None:
     return None
 
 
+class _Deadline:
+  """One attempt's time limit in all. A socket timeout bounds each wait for bytes, so a server
+  sending a byte now and then never trips it; this timer shuts the attempt's socket down when the
+  limit passes, which ends a blocked send or receive at once (connecting is bounded by the socket
+  timeout, which is at most the deadline). The socket is watched through a duplicate of it: TLS
+  takes the original over, and a closed one's file number may already belong to another socket."""
+
+  def __init__(self, seconds: float):
+    self.seconds = seconds
+    self.passed = False
+    self._done = False
+    self._socket: socket.socket | None = None
+    self._lock = threading.Lock()
+    self._timer = threading.Timer(seconds, self._expire)
+    self._timer.daemon = True
+    self._timer.start()
+
+  def watch(self, sock: socket.socket) -> socket.socket:
+    with self._lock:
+      if not self._done:
+        if self._socket is not None:
+          self._socket.close()
+        self._socket = sock.dup()
+        if self.passed:
+          _shutdown(self._socket)
+    return sock
+
+  def _expire(self) -> None:
+    with self._lock:
+      if not self._done:
+        self.passed = True
+        if self._socket is not None:
+          _shutdown(self._socket)
+
+  def finish(self) -> bool:
+    """Ends the watch (again: a no-op); whether the limit passed first."""
+    with self._lock:
+      self._done = True
+      self._timer.cancel()
+      if self._socket is not None:
+        self._socket.close()
+        self._socket = None
+      return self.passed
+
+
+def _shutdown(sock: socket.socket) -> None:
+  try:
+    sock.shutdown(socket.SHUT_RDWR)  # wakes a recv() blocked in another thread, unlike close()
+  except OSError:  # already disconnected
+    pass
+
+
+class _Watched:
+  """Mixed into urllib's HTTP and HTTPS handlers: each connection of a request that carries a
+  `deadline` hands its socket to it. http.client makes every socket of a connection (a proxy
+  tunnel's too, before TLS) with the instance's `_create_connection`, there to be replaced."""
+
+  def do_open(self, http_class: Any, req: urllib.request.Request, **kwargs: Any) -> Any:
+    deadline = getattr(req, "deadline", None)
+
+    def connection(*args: Any, **options: Any) -> http.client.HTTPConnection:
+      conn = http_class(*args, **options)
+      create = conn._create_connection  # pylint: disable=protected-access
+      conn._create_connection = lambda *a, **k: deadline.watch(create(*a, **k))
+      return conn
+
+    return super().do_open(http_class if deadline is None else connection, req, **kwargs)
+
+
+class _HTTPHandler(_Watched, urllib.request.HTTPHandler):
+  pass
+
+
+class _HTTPSHandler(_Watched, urllib.request.HTTPSHandler):
+  pass
+
+
+def _read_body(response: http.client.HTTPResponse, limit: int, url: str) -> bytes:
+  """The body, of which at most `limit` + 1 bytes are read: a larger one is a BackendError,
+  whatever the server sends (a declared length over the limit is refused before reading)."""
+  if (response.length or 0) <= limit:
+    raw = response.read(limit + 1)
+    if len(raw) <= limit:
+      if response.length:  # read(n) returns a body cut short without read()'s IncompleteRead
+        raise http.client.IncompleteRead(raw, response.length)
+      return raw
+  raise BackendError(f"{url}: the answer is larger than {limit} bytes (--max_response_bytes)",
+                     "response too large")
+
+
 class HTTPBackend:
   """JSON over HTTP with the module's retry policy; subclasses say what to send and read."""
   name = "http"
   cacheable = True
 
   def __init__(self, model: str, base_url: str | None = None, *, timeout: float = 60.0,
+               deadline: float | None = None, max_response_bytes: int = MAX_RESPONSE_BYTES,
                retry: RetryPolicy = RetryPolicy(), api_key: str | None = None,
                sleep: Callable[[float], Any] = time.sleep):
     self.model = model
     self.model_id = f"{self.name}:{model}"
     self.base_url = (base_url or DEFAULT_URLS[self.name]).rstrip("/")
     self.timeout, self.retry, self.api_key, self._sleep = timeout, retry, api_key, sleep
+    self.deadline = DEADLINE_TIMEOUTS * timeout if deadline is None else deadline
+    self.max_response_bytes = max_response_bytes
+    for name, value in (("--timeout", timeout), ("--deadline", self.deadline),
+                        ("--max_response_bytes", max_response_bytes)):
+      if not value > 0:
+        raise ValueError(f"{name} must be positive, not {value}")
+    # build_opener keeps urllib's defaults (proxies from the environment, redirects) and puts
+    # these handlers in place of its plain HTTP and HTTPS ones.
+    self._opener = urllib.request.build_opener(_HTTPHandler, _HTTPSHandler)
 
   def url(self) -> str:
     raise NotImplementedError
@@ -97,15 +205,36 @@ class HTTPBackend:
     raise NotImplementedError
 
   def complete(self, request: Request) -> str:
-    data = self._post_with_retries(json.dumps(self.body(request)).encode("utf-8"))
+    raw = self._post_with_retries(json.dumps(self.body(request)).encode("utf-8"))
+    return self._text(raw)
+
+  def _text(self, raw: bytes) -> str:
+    """The answer in a body; anything else there is a BackendError (see the module docstring)."""
+    def malformed(what: str) -> BackendError:
+      return BackendError(f"{self.url()}: malformed answer ({what}): {raw[:200]!r}",
+                          "malformed response")
+
+    try:
+      data = json.loads(raw)
+    except ValueError as e:
+      raise malformed("not JSON") from e
+    except RecursionError as e:  # the parser recurses per level: "[[[[...]]]]" reaches the limit
+      raise malformed("JSON nested too deeply") from e
     try:
       text = self.content(data)
     except (KeyError, IndexError, TypeError) as e:
-      raise BackendError(f"{self.url()}: unexpected answer {str(data)[:200]!r}",
-                         "malformed response") from e
-    return text if isinstance(text, str) else ""
+      raise malformed("no answer text where the API puts it") from e
+    if text is None:  # "content": null, a model that said nothing: an empty answer, rejected
+      return ""
+    if not isinstance(text, str):
+      raise malformed(f"the answer is a JSON {type(text).__name__}, not text")
+    try:
+      text.encode("utf-8")
+    except UnicodeEncodeError as e:
+      raise malformed(f"{e.reason} at character {e.start}") from e
+    return text
 
-  def _post_with_retries(self, body: bytes) -> Any:
+  def _post_with_retries(self, body: bytes) -> bytes:
     attempt = 0
     while True:
       try:
@@ -116,38 +245,60 @@ class HTTPBackend:
         self._sleep(self.retry.delay(attempt, e.retry_after))
         attempt += 1
 
-  def _post(self, body: bytes) -> Any:
+  def _exchange(self, request: urllib.request.Request) -> tuple[int, bytes, Any]:
+    """(status, body, headers) of one attempt; an HTTP error's body is read up to 300 bytes."""
+    try:
+      with self._opener.open(request, timeout=min(self.timeout, self.deadline)) as response:
+        return (response.status, _read_body(response, self.max_response_bytes, self.url()),
+                response.headers)
+    except urllib.error.HTTPError as e:
+      try:
+        detail = e.read(300)
+      except (OSError, http.client.HTTPException):  # the status says enough
+        detail = b""
+      finally:
+        e.close()
+      return e.code, detail, e.headers
+
+  def _post(self, body: bytes) -> bytes:
     headers = {"Content-Type": "application/json"}
     if self.api_key:
       headers["Authorization"] = f"Bearer {self.api_key}"
     request = urllib.request.Request(self.url(), data=body, headers=headers, method="POST")
+    request.deadline = deadline = _Deadline(self.deadline)  # read by _Watched
+    timed_out = lambda: _Retryable(f"{self.url()}: no whole answer within the deadline of "
+                                   f"{self.deadline} s (--deadline)", "timeout")
     try:
-      with urllib.request.urlopen(request, timeout=self.timeout) as response:
-        raw = response.read()
-    except urllib.error.HTTPError as e:
-      detail = e.read()[:300].decode("utf-8", "replace")
-      message = f"{self.url()}: HTTP {e.code}: {detail}"
-      if e.code == 429 or e.code >= 500:
-        raise _Retryable(message, f"HTTP {e.code}", _retry_after(e.headers)) from e
-      if e.code in (401, 403, 404):
-        raise FatalBackendError(message, f"HTTP {e.code}") from e
-      raise BackendError(message, f"HTTP {e.code}") from e
-    except (TimeoutError, socket.timeout) as e:
-      raise _Retryable(f"{self.url()}: no answer within {self.timeout} s", "timeout") from e
-    except urllib.error.URLError as e:
-      if isinstance(e.reason, BaseException) and _unreachable(e.reason):
-        raise FatalBackendError(f"{self.url()}: cannot connect: {e.reason}", "no server") from e
-      timed_out = isinstance(e.reason, (TimeoutError, socket.timeout))
-      raise _Retryable(f"{self.url()}: {e.reason}", "timeout" if timed_out
-                       else "connection error") from e
-    except (ConnectionError, http.client.HTTPException) as e:
-      if _unreachable(e):
-        raise FatalBackendError(f"{self.url()}: cannot connect: {e}", "no server") from e
-      raise _Retryable(f"{self.url()}: {e!r}", "connection error") from e
-    try:
-      return json.loads(raw)
-    except ValueError as e:
-      raise BackendError(f"{self.url()}: not JSON: {raw[:200]!r}", "malformed response") from e
+      status, raw, reply_headers = self._exchange(request)
+    except (OSError, http.client.HTTPException, BackendError) as e:
+      # Whatever broke after the deadline passed, the deadline broke it (a closed socket).
+      raise (timed_out() if deadline.finish() else self._failure(e)) from e
+    finally:
+      passed = deadline.finish()
+    if passed:  # a body cut short with no declared length reads as whole
+      raise timed_out()
+    if status < 300:
+      return raw
+    message = f"{self.url()}: HTTP {status}: {' '.join(raw.decode('utf-8', 'replace').split())}"
+    if status == 429 or status >= 500:
+      raise _Retryable(message, f"HTTP {status}", _retry_after(reply_headers))
+    if status in (401, 403, 404):
+      raise FatalBackendError(message, f"HTTP {status}")
+    raise BackendError(message, f"HTTP {status}")
+
+  def _failure(self, error: BaseException) -> BaseException:
+    """What an attempt that raised `error` (not past its deadline) is, by the retry policy."""
+    if isinstance(error, BackendError):
+      return error
+    if isinstance(error, urllib.error.URLError) and isinstance(error.reason, BaseException):
+      error = error.reason  # urllib wraps what failed while connecting and sending
+    if _unreachable(error):
+      return FatalBackendError(f"{self.url()}: cannot connect: {error}", "no server")
+    if isinstance(error, (TimeoutError, socket.timeout)):
+      return _Retryable(f"{self.url()}: no answer within {self.timeout} s", "timeout")
+    if isinstance(error, urllib.error.URLError):  # a reason that is no exception
+      return _Retryable(f"{self.url()}: {error.reason}", "connection error")
+    return _Retryable(f"{self.url()}: {error!r}", "connection error")
 
 
 class OllamaBackend(HTTPBackend):
@@ -249,20 +400,24 @@ class TransformersBackend:
 
 
 def make_backend(name: str, model: str = "", *, base_url: str | None = None,
-                 timeout: float = 60.0, retry: RetryPolicy = RetryPolicy(),
+                 timeout: float = 60.0, deadline: float | None = None,
+                 max_response_bytes: int = MAX_RESPONSE_BYTES, retry: RetryPolicy = RetryPolicy(),
                  api_key: str | None = None, device: str | None = None, dtype: str = "auto"
                  ) -> Backend:
   """The backend `name` (one of BACKENDS) serving `model`; the options apply where they mean
-  something (HTTP: base_url, timeout, retry, api_key; transformers: device, dtype)."""
+  something (HTTP: base_url, timeout, deadline, max_response_bytes, retry, api_key; transformers:
+  device, dtype)."""
   if name == "rules":
     return RulesBackend()
   if not model:
     raise ValueError(f"the {name} backend needs a model (--model)")
+  options = dict(timeout=timeout, deadline=deadline, max_response_bytes=max_response_bytes,
+                 retry=retry)
   if name == "ollama":
-    return OllamaBackend(model, base_url, timeout=timeout, retry=retry, api_key=api_key)
+    return OllamaBackend(model, base_url, api_key=api_key, **options)
   if name == "openai":
-    return OpenAIBackend(model, base_url, timeout=timeout, retry=retry,
-                         api_key=api_key or os.environ.get("OPENAI_API_KEY"))
+    return OpenAIBackend(model, base_url, api_key=api_key or os.environ.get("OPENAI_API_KEY"),
+                         **options)
   if name == "transformers":
     return TransformersBackend(model, device=device, dtype=dtype)
   raise ValueError(f"unknown backend {name!r}; choose one of {BACKENDS}")

@@ -4,8 +4,10 @@ Chat models wrap what was asked for: "Sure! Here is the paraphrase:\n\n"A dog ru
 ...". `clean` keeps the sentence: it drops reasoning blocks (`<think>`), code fences,
 acknowledgements, "Here is ...:" lines and labels ("Negation:"), numbering and bullets, markdown
 emphasis and surrounding quotes, and everything after the first line and after as many sentences
-as the caption has. `check` then rejects what no cleaning can save, with a reason from a fixed
-vocabulary (so that counts add up across runs). `parse_verdict` reads a verifier's yes/no.
+as the caption has. Control characters (NUL, escape, DEL, ...: Unicode's Cc) are noise like the
+rest: each becomes a space, so no output file gets one (a CSV reader stops at a NUL). `check` then
+rejects what no cleaning can save, with a reason from a fixed vocabulary (so that counts add up
+across runs). `parse_verdict` reads a verifier's yes/no.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ REFUSAL = "refusal"
 SAME = "same as caption"
 TOO_LONG = "far longer than caption"
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")  # Unicode's control characters (Cc)
 _THINK = re.compile(r"<think>.*?(?:</think>|$)", re.S | re.I)
 _FENCE = re.compile(r"```[a-z]*", re.I)
 # "Sure!", "Certainly.", "Of course, ", "I'd be happy to help!" at the start of a line.
@@ -89,7 +92,8 @@ def split_sentences(text: str) -> list[str]:
 def clean(text: str, *, sentences: int = 1) -> str:
   """The answer in `text` as at most `sentences` sentences; "" if nothing is left."""
   text = _FENCE.sub("\n", _THINK.sub("", text or ""))
-  lines = (_strip_lead(line.strip()) for line in text.splitlines())
+  # Line breaks first (splitlines knows the control characters that are some), then the rest.
+  lines = (_strip_lead(_CONTROL.sub(" ", line).strip()) for line in text.splitlines())
   answer = next((line for line in lines if line), "")
   answer = _strip_quotes(answer)
   answer = " ".join(split_sentences(answer)[:max(1, sentences)])

@@ -14,9 +14,10 @@ checks with yes/no and regenerates what it rejects):
      answer was rejected, or why the field failed).
 
 Every model answer goes to the `Cache` as it arrives, so a rerun repeats no answered request. A
-request that fails on the backend (after its retries) fails its field without caching anything:
-rerunning retries it. Fields are worked on by a bounded thread pool; `progress.Progress` reports
-the fields done, model calls, cached answers and failures, with rate and ETA, on stderr.
+request that fails on the backend (after its retries; an answer that is malformed, not valid text
+or too large fails at once, see `backends`) fails its field without caching anything: rerunning
+retries it. Fields are worked on by a bounded thread pool; `progress.Progress` reports the fields
+done, model calls, cached answers and failures, with rate and ETA, on stderr.
 """
 
 from __future__ import annotations
@@ -275,16 +276,18 @@ class TripleGenerator:
   # -- many captions ----------------------------------------------------------------------------
   def run(self, captions: Iterable[Any]) -> dict[str, dict[str, FieldResult]]:
     """{caption: {kind: FieldResult}} for the distinct non-empty captions, in first-seen order.
-    FatalBackendError stops the run (what was answered stays cached)."""
+    FatalBackendError stops the run (what was answered stays cached); so does KeyboardInterrupt,
+    without waiting for the requests in flight (see `__main__`: SIGINT and SIGTERM raise one)."""
     unique = list(dict.fromkeys(c for c in captions if isinstance(c, str) and c.strip()))
     results: dict[str, dict[str, FieldResult]] = {c: {} for c in unique}
     tasks = ((c, k) for c in unique for k in KINDS)
     window = 2 * max(1, self.settings.concurrency)  # submitted but unfinished fields, at most
-    with (concurrent.futures.ThreadPoolExecutor(max(1, self.settings.concurrency)) as pool,
-          Progress(2 * len(unique), "triples", unit="fields",
-                   interval_s=self.progress_every) as meter):
-      pending: dict[concurrent.futures.Future, tuple[str, str]] = {}
-      try:
+    pool = concurrent.futures.ThreadPoolExecutor(max(1, self.settings.concurrency))
+    interrupted = False
+    try:
+      with Progress(2 * len(unique), "triples", unit="fields",
+                    interval_s=self.progress_every) as meter:
+        pending: dict[concurrent.futures.Future, tuple[str, str]] = {}
         while True:
           for caption, kind in tasks:
             pending[pool.submit(self.field, caption, kind)] = (caption, kind)
@@ -299,8 +302,12 @@ class TripleGenerator:
             results[caption][kind] = future.result()
           meter.log(**self.stats.totals())
           meter.update(len(finished))
-      except BaseException:  # FatalBackendError, KeyboardInterrupt: drop what was not started
-        for future in pending:
-          future.cancel()
-        raise
+    except KeyboardInterrupt:  # Ctrl-C, or the command line's SIGTERM / SIGINT
+      interrupted = True
+      raise
+    finally:
+      # Fields not started are dropped. After an error (FatalBackendError) the requests in flight
+      # end first, their answers cached; a stop signal waits for none of them (each may take up
+      # to the deadline per retry): a rerun asks them again.
+      pool.shutdown(wait=not interrupted, cancel_futures=True)
     return results
