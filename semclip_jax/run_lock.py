@@ -32,7 +32,7 @@ from semclip_jax import atomic_io, storage
 logger = logging.getLogger(__name__)
 LOCK_FILE = ".lock"
 HEARTBEAT_S = 60.0
-STALE_AFTER_S = 600.0
+STALE_AFTER_S = 300.0  # five missed heartbeats
 
 
 class WorkdirLockedError(RuntimeError):
