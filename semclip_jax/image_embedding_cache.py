@@ -298,7 +298,8 @@ def prepare(config: ml_collections.ConfigDict, workdir: str, graphdef: nnx.Graph
     preprocess = input_pipeline.Preprocess(
         tokenizer or CLIPTokenizer(context_length=config.data.context_length),
         config.data.image_size, config.data.context_length, "center", config.data.crop_scale,
-        resize=config.data.resize, jpeg_draft=bool(config.data.get("jpeg_draft", False)))
+        resize=config.data.resize, jpeg_draft=bool(config.data.get("jpeg_draft", False)),
+        max_image_pixels=config.data.max_image_pixels)
     encode, dim = vision_encoder(graphdef, state.params, state.rest, config.data.normalization)
     per_device = max(1, config.data.batch_size // jax.device_count())
     built = cache.build(source, preprocess, encode, per_device * jax.local_device_count(), dim,

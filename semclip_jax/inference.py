@@ -65,7 +65,7 @@ def pixels(images: Sequence[ImageLike], data: ml_collections.ConfigDict | None =
   or decoded is a ValueError naming its index."""
   data = data or data_lib.default_config()
   preprocess = Preprocess(None, image_size or data.image_size, data.context_length, "center",
-                          (1.0, 1.0), resize=data.resize)
+                          (1.0, 1.0), resize=data.resize, max_image_pixels=data.max_image_pixels)
   out = []
   for index, image in enumerate(images):
     uint8, error = preprocess.pixels({"image": _encoded(image, index)})

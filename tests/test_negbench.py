@@ -360,3 +360,19 @@ def test_evaluators_run_on_the_tiny_model(tmp_path, round_):
   broken.write_bytes(b"not an image")
   with pytest.raises(ValueError, match=f"cannot read NegBench image {broken}"):
     negbench.embed_image_files(round_, [str(broken)], _data_config())
+
+
+def test_image_files_are_read_only_when_regular_and_of_bounded_size(tmp_path):
+  """A FIFO named as an image would block the reader forever, and a huge header would allocate
+  before decoding: each is one error naming the file, raised before any pixel is read."""
+  fifo, huge, fine = tmp_path / "fifo.png", tmp_path / "huge.png", tmp_path / "fine.png"
+  os.mkfifo(fifo)
+  Image.new("L", (3000, 2000)).save(huge)  # 6 M pixels in a few KB
+  Image.new("RGB", (40, 30), (200, 10, 10)).save(fine)
+  files = negbench._ImageFiles([str(fifo), str(huge), str(fine)], max_image_pixels=1_000_000)  # pylint: disable=protected-access
+  with pytest.raises(ValueError, match=r"cannot read NegBench image .*fifo\.png: "
+                     r"NotRegularFileError"):
+    files[0]  # pylint: disable=pointless-statement
+  with pytest.raises(ValueError, match=r"huge\.png: ImageTooLargeError: 3000 x 2000"):
+    files[1]  # pylint: disable=pointless-statement
+  assert files[2]["image"].shape == (30, 40, 3)

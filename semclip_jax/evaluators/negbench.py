@@ -38,10 +38,9 @@ from typing import Any, Sequence
 
 import ml_collections
 import numpy as np
-from PIL import Image
 
 from semclip_jax import storage
-from semclip_jax.data import sources
+from semclip_jax.data import sources, transforms
 from semclip_jax.data.input_pipeline import trim_to_bucket
 from semclip_jax.data.tokenizer import CLIPTokenizer
 from semclip_jax.evaluators import metrics
@@ -389,10 +388,12 @@ def resolve_option_types(option_types: str | Sequence[str] | None, items: MCQIte
 # ----------------------------------------------------------------------------------------------
 class _ImageFiles:
   """Random-access source of {"image": uint8 RGB HWC, "label": index} over image files, as
-  `zeroshot.embed_images` reads (in threads)."""
+  `zeroshot.embed_images` reads (in threads). Regular files only (never a FIFO or a device), of
+  at most `max_image_pixels` pixels by their header, checked before decoding."""
 
-  def __init__(self, paths: Sequence[str]):
+  def __init__(self, paths: Sequence[str], max_image_pixels: int | None):
     self.paths = list(paths)
+    self.max_image_pixels = max_image_pixels
 
   def __len__(self) -> int:
     return len(self.paths)
@@ -400,7 +401,7 @@ class _ImageFiles:
   def __getitem__(self, index: int) -> dict[str, Any]:
     path = self.paths[index]
     try:
-      with storage.open(path, "rb") as f, Image.open(f) as image:
+      with transforms.open_image(storage.read_regular_file(path), self.max_image_pixels) as image:
         return {"image": np.asarray(image.convert("RGB")), "label": index}
     except Exception as e:  # PIL raises many types for broken files; name the file
       raise ValueError(f"cannot read NegBench image {path}: {type(e).__name__}: {e}") from e
@@ -414,7 +415,8 @@ def _check_batches(round_: EvalRound, batch_size: int) -> None:
 def embed_image_files(round_: EvalRound, paths: Sequence[str],
                       data_config: ml_collections.ConfigDict) -> np.ndarray:
   """[M, D] unit embeddings of image files, with the data config's eval transform."""
-  z, _ = embed_images(round_.encode_images, _ImageFiles(paths), data_config.image_size,
+  files = _ImageFiles(paths, data_config.get("max_image_pixels", transforms.MAX_IMAGE_PIXELS))
+  z, _ = embed_images(round_.encode_images, files, data_config.image_size,
                       data_config.batch_size, mesh=round_.mesh, resize=data_config.resize,
                       normalization=data_config.normalization, desc="eval negbench images")
   return z
