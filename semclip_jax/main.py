@@ -109,15 +109,18 @@ def main(argv) -> None:
   logging.info("process %d of %d; %d local of %d devices: %s", jax.process_index(),
                jax.process_count(), jax.local_device_count(), jax.device_count(),
                jax.local_devices())
-  from semclip_jax import model_card, run_lock, train  # pylint: disable=import-outside-toplevel
+  # pylint: disable=import-outside-toplevel
+  from semclip_jax import model_card, run_lock, train, train_step
+  from semclip_jax.data import input_pipeline
 
   run_mode = {"train": train.train_and_evaluate, "eval": train.evaluate, "export": train.export}
   try:
     run_mode[_MODE.value](_CONFIG.value, _WORKDIR.value)
   except (config_lib.ConfigError, train.RestoreError, run_lock.WorkdirLockedError,
-          FileNotFoundError) as e:
-    # What the user can fix (a config value, a missing file, checkpoints that do not restore):
-    # the reason as the log's last line, not under a traceback.
+          input_pipeline.BadDataError, train_step.NonFiniteLossError, FileNotFoundError) as e:
+    # What the user can fix (a config value, a missing file, checkpoints that do not restore,
+    # data past max_bad_fraction, a diverged run): the reason as the log's last line, not under a
+    # traceback.
     sys.exit(f"python -m semclip_jax.main: error: {e}")
   if _PUSH_TO_HUB.value and _MODE.value != "eval" and jax.process_index() == 0:
     try:
