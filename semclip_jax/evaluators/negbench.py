@@ -391,7 +391,8 @@ class _ImageFiles:
   `zeroshot.embed_images` reads (in threads). Regular files only (never a FIFO or a device), of
   at most `max_image_pixels` pixels by their header, checked before decoding."""
 
-  def __init__(self, paths: Sequence[str], max_image_pixels: int | None):
+  def __init__(self, paths: Sequence[str],
+               max_image_pixels: int | None = transforms.MAX_IMAGE_PIXELS):
     self.paths = list(paths)
     self.max_image_pixels = max_image_pixels
 
