@@ -325,17 +325,23 @@ def flat_fields(config: ml_collections.ConfigDict | Mapping[str, Any], prefix: s
   return fields
 
 
+def changed_fields(saved: ml_collections.ConfigDict, config: ml_collections.ConfigDict
+                   ) -> dict[str, str]:
+  """{dotted field: "field: run X, here Y"} for each field whose value `config` changes from a
+  run's saved config, in field order."""
+  before, after = flat_fields(saved), flat_fields(config)
+  return {field: f"{field}: run {before.get(field)!r}, here {after.get(field)!r}"
+          for field in sorted(set(before) | set(after)) if before.get(field) != after.get(field)}
+
+
 def resume_changes(saved: ml_collections.ConfigDict, config: ml_collections.ConfigDict
                    ) -> list[str]:
   """The fields `config` changes from a run's saved config that resuming must refuse: neither in
   RESUME_FREE_FIELDS nor named by `config.resume_changes`; each as "field: run X, here Y"."""
   allowed = RESUME_FREE_FIELDS + tuple(
       f.strip() for f in config.get("resume_changes", "").split(",") if f.strip())
-  before, after = flat_fields(saved), flat_fields(config)
-  return [f"{field}: run {before.get(field)!r}, here {after.get(field)!r}"
-          for field in sorted(set(before) | set(after))
-          if before.get(field) != after.get(field)
-          and not any(field == a or (a.endswith(".") and field.startswith(a)) for a in allowed)]
+  return [change for field, change in changed_fields(saved, config).items()
+          if not any(field == a or (a.endswith(".") and field.startswith(a)) for a in allowed)]
 
 
 def describe_fields(config: ml_collections.ConfigDict | None = None) -> str:

@@ -505,12 +505,16 @@ def restore_latest(checkpointer: checkpointing.Checkpointer, state: train_step.T
   raise RestoreError(_restore_failure(config, workdir, checkpointer.directory, failures))
 
 
+# One program per tree structure: every checkpoint tried in a fallback reuses it.
+_finite_per_leaf = jax.jit(lambda xs: [jnp.all(jnp.isfinite(x)) for x in xs])
+
+
 def non_finite_leaves(tree: Any) -> list[str]:
   """The dotted paths of `tree`'s floating-point arrays holding NaN or Inf."""
   leaves = [(sharding.path_str(path), x)
             for path, x in jax.tree_util.tree_flatten_with_path(tree)[0]
             if jnp.issubdtype(x.dtype, jnp.floating)]
-  finite = jax.jit(lambda xs: [jnp.all(jnp.isfinite(x)) for x in xs])([x for _, x in leaves])
+  finite = _finite_per_leaf([x for _, x in leaves])
   return [name for (name, _), ok in zip(leaves, jax.device_get(finite)) if not ok]
 
 
@@ -542,23 +546,12 @@ def _restore_failure(config: ml_collections.ConfigDict, workdir: str, directory:
     saved = config_lib.run_config(workdir)
   except (OSError, ValueError):
     return where
-  ours, theirs = config.to_dict(), saved.to_dict()
-  differences = [f"{section}.{key}: run {theirs[section].get(key)!r}, here {value!r}"
-                 for section in STATE_SECTIONS for key, value in sorted(ours[section].items())
-                 if _plain(value) != _plain(theirs[section].get(key))]
+  differences = [change for field, change in config_lib.changed_fields(saved, config).items()
+                 if field.split(".")[0] in STATE_SECTIONS]
   if not differences:
     return where
   return (f"{where}; the config differs from the run's config.json in " + "; ".join(differences[:8])
           + ". Leave out --config to use the run's own config (flags still override it).")
-
-
-def _plain(value: Any) -> Any:
-  """Lists and tuples alike: config.json stores tuples as lists."""
-  if isinstance(value, (list, tuple)):
-    return [_plain(v) for v in value]
-  if isinstance(value, dict):
-    return {k: _plain(v) for k, v in value.items()}
-  return value
 
 
 def evaluate(config: ml_collections.ConfigDict, workdir: str, results_dir: str | None = None

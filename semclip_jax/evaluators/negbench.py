@@ -33,7 +33,6 @@ import dataclasses
 import functools
 import logging
 import os
-import posixpath
 from typing import Any, Sequence
 
 import ml_collections
@@ -200,10 +199,10 @@ def _within(root: str, relative: str) -> str | None:
   inside root (e.g. root/val2017 -> the real folder) is followed, as the user set it up. A gs://
   root's keys are joined the same way, with '/'."""
   if storage.is_remote(root):
-    kind, key = root.split("://", 1)
-    base = posixpath.normpath("/" + key)
-    joined = posixpath.normpath(posixpath.join(base, relative))
-    return f"{kind}:/{joined}" if posixpath.commonpath([base, joined]) == base else None
+    try:
+      return storage.join_inside(root, relative)
+    except storage.OutsideFolderError:
+      return None
   joined = os.path.normpath(os.path.join(root, relative))
   return joined if os.path.commonpath([root, joined]) == root else None
 
