@@ -218,3 +218,20 @@ def test_retrieval_evaluator_scores_by_image_key():
   assert {name for name, _ in RetrievalEvaluator(None, None).score(z)} >= {
       f"{d}_recall@{k}_{n}" for d in ("t2i", "i2t") for k in (1, 5, 10)
       for n in ("original", "paraphrase")}
+
+
+def test_equal_keys_tie_exactly_wherever_blas_puts_them():
+  """Keys with equal embeddings score exactly equal whatever their position: BLAS computes the
+  edge rows and columns of a product with other kernels, whose sums round differently, so a
+  plain float64 or float32 matmul scores them some ulps apart on some machines (an AMD EPYC here:
+  14 of 20 such products at D=64), and the tie a repeated image must be turned into a hit or a
+  miss by its position."""
+  rng = np.random.default_rng(5)
+  for dtype in (np.float64, np.float32):
+    for _ in range(20):
+      queries = _unit(rng.normal(size=(30, 512))).astype(dtype)
+      keys = np.tile(_unit(rng.normal(size=(1, 512))), (30, 1)).astype(dtype)
+      scores = metrics.cosines(queries, keys)
+      assert scores.dtype == np.float32 and np.all(scores == scores[:, :1])
+      assert metrics.row_retrieval(queries, keys, (1, 5, 29, 30)) == {1: 0.0, 5: 0.0, 29: 0.0,
+                                                                      30: 1.0}
