@@ -31,9 +31,11 @@ run itself for a workdir, `<path>_eval` beside a local model and `eval_<org>--<n
 
 A model is a hub id only by `model_card.hub_model_id`'s rule ('org/name', not starting with '.',
 '/' or '~', whose 'org' is no local folder); any other name that does not exist is refused before
-anything is scored. A command that fails leaves `--out` as it found it, less the files it replaced:
-what it created there (the folder itself, results, the `checkpoints/` folder a model that is not a
-run is loaded through) is removed. A model with NaN or Inf weights is refused by its loader, one
+anything is scored. Reading a name as a hub id is said in one warning line naming the local folder
+that is not there; a hub id that cannot be fetched ends the command in one line naming both. A
+command that fails leaves `--out` as it found it, less the files it replaced: what it created
+there (the folder itself, results, the `checkpoints/` folder a model that is not a run is loaded
+through) is removed. A model with NaN or Inf weights is refused by its loader, one
 line naming the file and tensor.
 """
 

@@ -9,9 +9,10 @@ is uploaded when complete (`save_hf_clip`).
 
 What a loaded folder may not do: hold NaN or Inf weights, unreadable safetensors or JSON (each one
 error naming the file, and the tensor), or name shards outside itself in its index. A model
-argument is a hub id only by `model_card.hub_model_id`'s rule; anything else is a local path, and
-a missing one is an error, never a hub lookup. An export leaves its folder holding exactly the new
-export (`EXPORT_FILES`) and never writes through a symlink.
+argument is a hub id only by `model_card.hub_model_id`'s rule, loaded with a warning line that
+says so; anything else is a local path, and a missing one is an error, never a hub lookup. An
+export leaves its folder holding exactly the new export (`EXPORT_FILES`) and never writes through
+a symlink.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import contextlib
 import dataclasses
 import fnmatch
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -35,6 +37,8 @@ from semclip_jax.data.transforms import CLIP_MEAN, CLIP_STD
 from semclip_jax.models.clip import CLIP, clip_from_arrays
 from semclip_jax.models.model_config import CLIPConfig, TextConfig, VisionConfig
 from semclip_jax.sharding import path_str
+
+logger = logging.getLogger(__name__)
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -160,8 +164,10 @@ def config_to_hf(config: CLIPConfig) -> dict[str, Any]:
 def resolve_folder(path_or_repo_id: str, revision: str | None = None) -> str:
   """A local folder as is; a hub id (`model_card.hub_model_id`'s rule: "org/name", not starting
   with '.', '/' or '~', whose "org" is no local folder) downloaded, safetensors and JSON only, to
-  the cache. Anything else is a local path, never looked up on the hub: a mistyped path is one
-  FileNotFoundError here, not a download attempt."""
+  the cache, with one warning line saying so (a mistyped local path of that shape reads as a hub
+  id: the line names the folder that was not found). Anything else is a local path, never looked
+  up on the hub: a mistyped path is one FileNotFoundError here, not a download attempt. A hub id
+  that cannot be fetched is one FileNotFoundError naming both readings."""
   if os.path.isdir(path_or_repo_id):
     return path_or_repo_id
   repo_id = model_card.hub_model_id(path_or_repo_id)
@@ -172,17 +178,27 @@ def resolve_folder(path_or_repo_id: str, revision: str | None = None) -> str:
         f"path {found} (read as a path, not a hub id: hub ids are 'org/name', not starting with "
         "'.', '/' or '~', and their 'org' is no local folder)")
   import huggingface_hub  # pylint: disable=import-outside-toplevel
-  from huggingface_hub import constants  # pylint: disable=import-outside-toplevel
 
+  # hub_model_id is None for any path that exists: this one does not.
+  local = f"{repo_id!r}: no local folder {os.path.abspath(repo_id)}"
+  logger.warning("%s; loading the Hugging Face hub model %s", local, repo_id)
   try:
     return huggingface_hub.snapshot_download(repo_id, revision=revision,
                                              allow_patterns=HUB_PATTERNS)
   except Exception as e:  # the hub client raises many types, some with multi-line messages
-    why = ("it is not in the local Hugging Face cache and the hub is off (HF_HUB_OFFLINE)"
-           if constants.is_offline_mode() else
-           f"fetching it failed: {type(e).__name__}: {' '.join(str(e).split())}")
-    raise FileNotFoundError(f"{repo_id!r} is not a local folder; read as a Hugging Face hub id, "
-                            f"{why}") from e
+    raise FileNotFoundError(f"{local}, and the Hugging Face hub model {repo_id} could not be "
+                            f"loaded: {_hub_failure(e)}") from e
+
+
+def _hub_failure(error: Exception) -> str:
+  """Why `snapshot_download` failed, in one line (the client's messages run over several)."""
+  from huggingface_hub import constants  # pylint: disable=import-outside-toplevel
+
+  if constants.is_offline_mode():
+    return "the hub is off (HF_HUB_OFFLINE) and the local Hugging Face cache does not hold it"
+  # The client's own words tell a missing (or private) model from an unreachable hub.
+  return (f"the hub has no such model or could not be reached ({type(error).__name__}: "
+          f"{' '.join(str(error).split())})")
 
 
 def _no_weights(folder: str, names: list[str]) -> FileNotFoundError:

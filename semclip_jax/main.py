@@ -13,19 +13,41 @@ with the package (`shapes`, `ccneg`, `sugarcrepe_pp`, `cc3m`), with an optional 
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import re
 import sys
-from typing import Sequence
+import traceback
+from typing import NoReturn, Sequence
 
-import jax
-from absl import app, flags
-from absl import logging as absl_logging
-from ml_collections import config_flags
+PROG = "python -m semclip_jax.main"
+_final_line: list[tuple[str, int]] = []  # why the command failed, and its exit status (run())
 
-from semclip_jax import config as config_lib
-from semclip_jax import storage
+
+def _print_final_line_and_exit() -> None:
+  """At exit, after every other exit handler: the failure's reason as the output's last line.
+  Then exits at once: the interpreter's teardown would print orbax's unfinished asynchronous
+  writes (a save that failed on a full disk) as hundreds of lines of "Exception ignored"."""
+  if _final_line:
+    line, status = _final_line[-1]
+    sys.stdout.flush()
+    print(line, file=sys.stderr, flush=True)
+    os._exit(status)  # pylint: disable=protected-access
+
+
+# Exit handlers run last-registered first: registered before jax, orbax and grain are imported
+# (and register theirs: JAX's distributed shutdown, grain's shared memory release), this one runs
+# after them.
+atexit.register(_print_final_line_and_exit)
+
+import jax  # pylint: disable=wrong-import-position
+from absl import app, flags  # pylint: disable=wrong-import-position
+from absl import logging as absl_logging  # pylint: disable=wrong-import-position
+from ml_collections import config_flags  # pylint: disable=wrong-import-position
+
+from semclip_jax import config as config_lib  # pylint: disable=wrong-import-position
+from semclip_jax import storage  # pylint: disable=wrong-import-position
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "A config file or packaged config name, with an optional ':argument' "
@@ -100,7 +122,7 @@ def main(argv) -> None:
   try:  # before anything is created: never a local folder named "gs:" or "s3:"
     storage.check(_WORKDIR.value or "", "--workdir")
   except storage.UnsupportedPathError as e:
-    sys.exit(f"python -m semclip_jax.main: error: {e}")
+    sys.exit(f"{PROG}: error: {e}")
   if _CONFIG.value is None:
     raise app.UsageError("give --config (a config file or name, e.g. --config=shapes), or a "
                          "--workdir that holds a run's config.json")
@@ -121,23 +143,55 @@ def main(argv) -> None:
     # What the user can fix (a config value, a missing file, checkpoints that do not restore,
     # data past max_bad_fraction, a diverged run): the reason as the log's last line, not under a
     # traceback.
-    sys.exit(f"python -m semclip_jax.main: error: {e}")
+    sys.exit(f"{PROG}: error: {e}")
   if _PUSH_TO_HUB.value and _MODE.value != "eval" and jax.process_index() == 0:
     try:
       url = train.push_to_hub(_CONFIG.value, _WORKDIR.value, _PUSH_TO_HUB.value)
     except (ValueError, model_card.PushToHubError) as e:  # one line, not a traceback
-      sys.exit(f"python -m semclip_jax.main: error: --push_to_hub: {e}")
+      sys.exit(f"{PROG}: error: --push_to_hub: {e}")
     logging.info("pushed %s to %s", storage.join(_WORKDIR.value, "hf"), url)
 
 
+def failure_line(error: BaseException, mode: str = "train") -> str:
+  """The one line that ends the output of a command that failed with `error`."""
+  if isinstance(error, SystemExit):  # sys.exit("<prog>: error: ...") above: the line itself
+    return str(error.code)
+  if isinstance(error, KeyboardInterrupt):
+    return f"{PROG}: error: interrupted (before training started or after it stopped)"
+  out_of_space = storage.out_of_space(error)
+  if out_of_space:
+    resume = (" and rerun the same command: training resumes from its last complete checkpoint"
+              if mode == "train" else " and rerun the same command")
+    return (f"{PROG}: error: {out_of_space}: free space there (or raise the quota or file size "
+            f"limit){resume}")
+  text = str(error).strip().splitlines()
+  return (f"{PROG}: error: unexpected {type(error).__name__}"
+          + (f": {text[0][:500]}" if text else "") + " (its traceback is above)")
+
+
 def run() -> None:
+  """The command line: main() under absl, every failure ending in one line (`failure_line`)."""
   flags.mark_flags_as_required(["workdir"])
   try:
-    argv = resolve_config_flag(sys.argv)
-  except FileNotFoundError as e:
-    sys.exit(f"python -m semclip_jax.main: error: {e}")
-  sys.argv = argv  # config_flags reads the overrides from sys.argv
-  app.run(main, argv=argv)
+    sys.argv = resolve_config_flag(sys.argv)  # config_flags reads the overrides from sys.argv
+    app.run(main, argv=sys.argv)
+  except SystemExit as e:
+    if not isinstance(e.code, str):  # success, --help, or absl's own usage errors (printed)
+      raise
+    _exit_with(failure_line(e), 1)
+  except FileNotFoundError as e:  # resolve_config_flag: no such config file
+    _exit_with(f"{PROG}: error: {e}", 1)
+  except BaseException as e:  # pylint: disable=broad-exception-caught
+    if not storage.out_of_space(e) and not isinstance(e, KeyboardInterrupt):
+      traceback.print_exc()  # a bug, most likely: the trace to report it with
+    mode = _MODE.value if flags.FLAGS.is_parsed() else "train"
+    _exit_with(failure_line(e, mode), 130 if isinstance(e, KeyboardInterrupt) else 1)
+
+
+def _exit_with(line: str, status: int) -> NoReturn:
+  """Exits with `status`, `line` printed after everything else (`_print_final_line_and_exit`)."""
+  _final_line.append((line, status))
+  raise SystemExit(status) from None
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ import sys
 import threading
 import time
 import weakref
-from typing import Mapping
+from typing import Any, Mapping
 
 from semclip_jax import atomic_io, storage
 
@@ -47,10 +47,11 @@ class MetricsWriter:
   `workdir/metrics.jsonl` and writes the same scalars to TensorBoard events under
   `workdir/tensorboard`. Disabled on non-main processes.
 
-  `resume_step`: the step a resumed run restarts from. Lines logged after it by the interrupted
-  run are dropped (the resumed run logs those steps again, with the same values), so the file
-  holds each step once; `redo_evaluations` also drops the evaluation lines of `resume_step`
-  (a finished run whose final round is redone).
+  `resume_step`: the step a run restarts from (0: an attempt that died before its first
+  checkpoint). Lines logged after it by the interrupted run are dropped (the resumed run logs
+  those steps again, with the same values), so the file holds each step once, and TensorBoard
+  hides the earlier event files' steps after it (a purge event); `redo_evaluations` also drops
+  the evaluation lines of `resume_step` (a finished run whose final round is redone).
   """
 
   def __init__(self, workdir: str, enabled: bool = True, resume_step: int | None = None,
@@ -65,15 +66,18 @@ class MetricsWriter:
       self._remote = (storage.RewrittenObject(self.path, min_interval_s=REMOTE_UPLOAD_INTERVAL_S)
                       if storage.is_remote(workdir) else None)
       _register_remote_event_files()
-      self._tb = _tensorboardx().SummaryWriter(storage.join(workdir, "tensorboard"))
+      # TensorBoard's counterpart of drop_after: it hides the earlier files' events of the steps
+      # after `resume_step`, which this run logs again.
+      self._tb = _tensorboardx().SummaryWriter(
+          storage.join(workdir, "tensorboard"),
+          purge_step=None if resume_step is None else resume_step + 1)
 
   def write(self, step: int, metrics: Mapping[str, float]) -> None:
     if not self.enabled:
       return
     values = {k: float(v) for k, v in metrics.items()}
-    # NaN/Inf are written as strings: JSON has no literal for them.
     line = json.dumps({"step": step, "time": round(time.time(), 3),
-                       **{k: v if math.isfinite(v) else str(v) for k, v in values.items()}}) + "\n"
+                       **{k: json_number(v) for k, v in values.items()}}) + "\n"
     if self._remote is not None:
       self._remote.write(line)
       self._remote.flush()
@@ -170,6 +174,20 @@ def _record(line: str) -> dict | None:
 def read_metrics(workdir: str) -> list[dict[str, float]]:
   text = storage.read_text(storage.join(workdir, METRICS_FILE))
   return [json.loads(line) for line in text.split("\n") if line.strip()]
+
+
+def json_number(value: float) -> float | str:
+  """`value` for a JSON file: NaN/Inf as the strings "nan", "inf", "-inf" (JSON has no literal
+  for them, and strict readers refuse Python's NaN token); `from_json_number` reads it back."""
+  value = float(value)
+  return value if math.isfinite(value) else str(value)
+
+
+def from_json_number(value: Any) -> Any:
+  """What `json_number` wrote, as a float again; anything else as it is."""
+  if isinstance(value, str) and value in ("nan", "inf", "-inf"):
+    return float(value)
+  return value
 
 
 def results_table(results: Mapping[str, float], title: str = "") -> str:

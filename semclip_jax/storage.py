@@ -21,13 +21,15 @@ Object stores have no folders, no appends and no renames. What replaces them:
 Names read from data files (an image column) are untrusted: `join_inside` keeps them inside their
 folder (local: after following symlinks; gs://: by normalising the key, objects have no links) and
 `read_regular_file` reads regular files only, never a FIFO (which blocks) or a device (endless).
-`content_identity` tells whether an input file changed (prepare's resume).
+`content_identity` tells whether an input file changed (prepare's resume). `out_of_space` finds a
+full disk (or quota, or file size limit) in an error, wherever in its chain it was raised.
 """
 
 from __future__ import annotations
 
 import builtins
 import contextlib
+import errno
 import fnmatch
 import hashlib
 import os
@@ -153,6 +155,38 @@ def content_identity(path: str) -> dict[str, Any]:
   with builtins.open(path, "rb") as f:
     return {"size": os.fstat(f.fileno()).st_size,
             "sha256": hashlib.file_digest(f, "sha256").hexdigest()}
+
+
+# A write refused for lack of room: a full disk, a quota, a file size limit (RLIMIT_FSIZE).
+_OUT_OF_SPACE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+# tensorstore (orbax's array writes) reports the OS error inside a ValueError's text:
+# 'Failed writing: "<file>": ... No space left on device [os_error_code='28']'.
+_TENSORSTORE_OS_ERROR = re.compile(r"os_error_code='(\d+)'")
+_QUOTED = re.compile(r'"([^"]+)"')
+
+
+def out_of_space(error: BaseException) -> str | None:
+  """'<OS reason> writing <file>' when `error`, or an exception it was raised from or while
+  handling (a full disk fails the first write, and the cleanup after it the next), is a write
+  refused for lack of room; None otherwise. Of several, one that names its file."""
+  reasons, seen, pending = [], set(), [error]
+  while pending:
+    e = pending.pop(0)
+    if e is None or id(e) in seen:
+      continue
+    seen.add(id(e))
+    pending.extend([e.__cause__, e.__context__, *getattr(e, "exceptions", ())])
+    if isinstance(e, OSError) and e.errno in _OUT_OF_SPACE_ERRNOS:
+      reasons.append((os.strerror(e.errno), e.filename))
+      continue
+    code = _TENSORSTORE_OS_ERROR.search(str(e))
+    if code and int(code.group(1)) in _OUT_OF_SPACE_ERRNOS:
+      files = _QUOTED.findall(str(e)[:code.start()])
+      reasons.append((os.strerror(int(code.group(1))), files[-1] if files else None))
+  if not reasons:
+    return None
+  reason, file = next((r for r in reasons if r[1]), reasons[0])
+  return f"{reason} writing {file}" if file else reason
 
 
 def basename(path: str) -> str:

@@ -31,7 +31,8 @@ from semclip_jax import data as data_lib
 from semclip_jax.data import input_pipeline
 from semclip_jax.evaluators import (EVALUATORS, Encoder, EvalRound, make_evaluator, missing_data,
                                     reads_own_data)
-from semclip_jax.metrics_writer import MetricsWriter, results_table
+from semclip_jax.metrics_writer import (MetricsWriter, from_json_number, json_number,
+                                        results_table)
 from semclip_jax.models import CLIP, create_clip, get_preset
 from semclip_jax.models.layers import REMAT_POLICIES, set_remat
 from semclip_jax.pretrained import load_pretrained
@@ -260,8 +261,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, mesh) -
     return results
 
   # ---- loop ------------------------------------------------------------------------------------
-  writer = MetricsWriter(workdir, enabled=is_main, resume_step=start if start else None,
-                         redo_evaluations=finished)
+  # From step 0 too: lines of an attempt that died before its first checkpoint are dropped.
+  writer = MetricsWriter(workdir, enabled=is_main, resume_step=start, redo_evaluations=finished)
   # SIGTERM/SIGINT stop the loop at one step on every process (JAX's preemption sync point).
   stop = preemption.StopRequest(start).install()
   # A bar on a terminal; in a log file (SLURM, TPU workers) one line per log step.
@@ -370,17 +371,19 @@ def evaluate_model(evaluators: dict[str, Any], round_: EvalRound, workdir: str, 
 
 def write_results(workdir: str, step: int, results: dict[str, float], title: str) -> None:
   """workdir/results.json (what the report reads; written atomically) and the table on stdout."""
-  atomic_io.write_json(storage.join(workdir, RESULTS_FILE), {"step": step, **results}, indent=2,
-                       sort_keys=True)
+  atomic_io.write_json(storage.join(workdir, RESULTS_FILE),
+                       {"step": step, **{k: json_number(v) for k, v in results.items()}},
+                       indent=2, sort_keys=True)
   print(results_table(results, title=title))
 
 
 def read_results(workdir: str) -> dict[str, float]:
   """workdir/results.json, or {} when there is none (yet)."""
   try:
-    return json.loads(storage.read_text(storage.join(workdir, RESULTS_FILE)))
+    saved = json.loads(storage.read_text(storage.join(workdir, RESULTS_FILE)))
   except (FileNotFoundError, json.JSONDecodeError):
     return {}
+  return {k: from_json_number(v) for k, v in saved.items()}
 
 
 def push_to_hub(config: ml_collections.ConfigDict, workdir: str, repo_id: str) -> str:
@@ -472,19 +475,17 @@ def restore_latest(checkpointer: checkpointing.Checkpointer, state: train_step.T
                    config: ml_collections.ConfigDict, workdir: str, *, set_aside: bool
                    ) -> tuple[train_step.TrainState, dict[str, Any], int]:
   """(train state, input iterator state, step) of the newest checkpoint that restores into
-  `state`'s shapes and shardings with finite values. Each newer one that does not (a file
-  missing or corrupt, a stray empty folder, NaN/Inf from bit flips) is reported in one line and,
+  `state`'s shapes and shardings with the values saved. Each newer one that does not (a file
+  missing or corrupt, a stray empty folder, bits flipped: other values than its fingerprint's,
+  or NaN/Inf) is reported in one line and,
   with `set_aside` (a run that will save those steps again), moved to workdir/
   unrestorable_checkpoints/. None restoring is one RestoreError; a checkpoint of another train
   state names the config fields that differ (orbax's own error is a dump of both trees)."""
   failures = []
   for step in sorted(checkpointer.all_steps(), reverse=True):
     try:
+      # Checked against the fingerprint saved with it, and for NaN/Inf (CorruptCheckpointError).
       restored, data_state = checkpointer.restore(step, checkpointing.abstract_like(state))
-      bad = non_finite_leaves(restored)
-      if bad:
-        raise ValueError(f"non-finite values in {', '.join(bad[:3])}"
-                         f"{f' and {len(bad) - 3} more' if len(bad) > 3 else ''}")
     except Exception as e:  # pylint: disable=broad-exception-caught
       # orbax and tensorstore raise many types for a bad checkpoint; each is reported and the
       # previous checkpoint tried, and none restoring raises below with every reason.
@@ -503,19 +504,6 @@ def restore_latest(checkpointer: checkpointing.Checkpointer, state: train_step.T
         checkpointer.reload()
     return restored, data_state, step
   raise RestoreError(_restore_failure(config, workdir, checkpointer.directory, failures))
-
-
-# One program per tree structure: every checkpoint tried in a fallback reuses it.
-_finite_per_leaf = jax.jit(lambda xs: [jnp.all(jnp.isfinite(x)) for x in xs])
-
-
-def non_finite_leaves(tree: Any) -> list[str]:
-  """The dotted paths of `tree`'s floating-point arrays holding NaN or Inf."""
-  leaves = [(sharding.path_str(path), x)
-            for path, x in jax.tree_util.tree_flatten_with_path(tree)[0]
-            if jnp.issubdtype(x.dtype, jnp.floating)]
-  finite = _finite_per_leaf([x for _, x in leaves])
-  return [name for (name, _), ok in zip(leaves, jax.device_get(finite)) if not ok]
 
 
 def _sync_processes(name: str) -> None:

@@ -5,6 +5,8 @@ import json
 import importlib.util
 import pathlib
 import re
+import subprocess
+import sys
 
 import jax
 import numpy as np
@@ -253,3 +255,17 @@ def test_main_resolves_config_names_and_defaults_to_the_workdirs_own(tmp_path):
   flat = config_lib.describe_fields().splitlines()
   assert len(flat) > 60 and all(line.strip() in help_text for line in flat)
   assert "--config.loss.name='semclip'" in help_text
+
+
+def test_an_unexpected_error_is_one_line_after_its_traceback(tmp_path):
+  """Every failure of main ends in one line, a bug's too: its traceback above, the line last."""
+  (tmp_path / "buggy.py").write_text("def get_config():\n  return {}['data']\n")
+  result = subprocess.run(
+      [sys.executable, "-m", "semclip_jax.main", f"--config={tmp_path / 'buggy.py'}",
+       f"--workdir={tmp_path / 'run'}"], capture_output=True, text=True, check=False)
+  assert result.returncode == 1
+  lines = result.stderr.strip().splitlines()
+  assert lines[-1] == ("python -m semclip_jax.main: error: unexpected KeyError: 'data' (its "
+                       "traceback is above)"), result.stderr[-2000:]
+  assert lines[-2] == "KeyError: 'data'" and "Traceback (most recent call last):" in lines
+  assert not (tmp_path / "run").exists()

@@ -140,13 +140,29 @@ def test_a_failed_evaluation_leaves_only_what_was_there(tmp_path, capsys, monkey
       (["--model=nan_hf", "--out=out"], f"{hf_weights}: tensor text_projection.weight holds 1"),
       (["--model=nan_open_clip"], f"{openclip_weights}: tensor text_projection holds 1"),
       (["--model=runs/model"], "--model runs/model: no such file or folder"),
-      (["--model=nope/model"], "'nope/model' is not a local folder; read as a Hugging Face hub "
-                               "id, it is not in the local Hugging Face cache")):
+      (["--model=nope/model"], f"'nope/model': no local folder {tmp_path.resolve() / 'nope'}")):
     assert evaluate.main([*argv, *flags]) == 2, argv
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0], (argv, err)
     assert sorted(os.listdir(tmp_path)) == before, argv  # no nan_hf_eval/, eval_nope--model/
     assert os.listdir(tmp_path / "out") == ["mine.txt"], argv
+
+
+def test_a_hub_id_that_cannot_be_loaded_ends_the_command_in_one_line(tmp_path):
+  """`nope/model` may be a mistyped local path: the command says it reads it as a hub id, then ends
+  with one line naming both readings, status 2 (offline: HF_HUB_OFFLINE, from conftest)."""
+  done = subprocess.run(
+      [sys.executable, "-m", "semclip_jax.evaluate", "--model=nope/model", "--tasks=ccneg",
+       "--data_kind=shapes"], cwd=tmp_path, capture_output=True, text=True, check=False,
+      timeout=120)
+  assert done.returncode == 2, done.stderr
+  *_, said, last = done.stderr.strip().splitlines()
+  local = f"'nope/model': no local folder {tmp_path.resolve() / 'nope' / 'model'}"
+  assert said.endswith(f"{local}; loading the Hugging Face hub model nope/model")
+  assert last == (f"python -m semclip_jax.evaluate: error: {local}, and the Hugging Face hub model "
+                  "nope/model could not be loaded: the hub is off (HF_HUB_OFFLINE) and the local "
+                  "Hugging Face cache does not hold it")
+  assert not os.listdir(tmp_path)  # no eval_nope--model/ left behind
 
 
 def _triples_csv(folder, rows=12):

@@ -3,6 +3,8 @@
 import json
 import logging
 
+import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
@@ -16,8 +18,8 @@ from semclip_jax.bench import __main__ as bench_main
 from semclip_jax.bench import evaluation
 from semclip_jax.data import input_pipeline, transforms
 from semclip_jax.data.shapes import ShapesSource
-from semclip_jax.evaluators import CCNegEvaluator, make_evaluator, metrics
-from semclip_jax.evaluators.embed import MIN_EVAL_ITEMS, EvalRound
+from semclip_jax.evaluators import CCNegEvaluator, RetrievalEvaluator, make_evaluator, metrics
+from semclip_jax.evaluators.embed import MIN_EVAL_ITEMS, Encoder, EvalRound
 from semclip_jax.models import create_clip, get_preset
 
 
@@ -75,6 +77,43 @@ def test_a_tiny_split_is_warned_about_once_when_built(caplog):
     assert make_evaluator(ml_collections.ConfigDict({"type": "ccneg"}), data, "test").label == (
         "ccneg (test)")
   assert not caplog.records
+
+
+def _with_nan_image_projection(params):
+  """`Encoder.of`'s parameters with one NaN in the image projection: finite weights pass the
+  loaders' check, and this stands for a forward pass that overflows. Every image embedding is then
+  NaN; the texts stay finite."""
+  (state,) = params
+  state = jax.tree.map(lambda x: x, state)  # a copy: the healthy round keeps its parameters
+  kernel = state["vision"]["proj"]["kernel"]
+  kernel[...] = kernel[...].at[0, 0].set(jnp.nan)
+  return (state,)
+
+
+def test_non_finite_embeddings_give_nan_metrics_and_one_warning_per_evaluator(caplog):
+  source = ShapesSource(split="test", size=12, image_size=40)
+  encoder, params = Encoder.of(create_clip(get_preset("tiny")))  # one compilation for both rounds
+  evaluators = {"ccneg": CCNegEvaluator(source, _data_config()),
+                "retrieval": RetrievalEvaluator(source, _data_config())}  # shares ccneg's pass
+  for name, evaluator in evaluators.items():
+    evaluator.label = f"{name} (test)"
+  round_ = EvalRound(encoder, params)
+  with caplog.at_level(logging.WARNING):
+    healthy = {name: dict(e.evaluate(round_)) for name, e in evaluators.items()}
+  assert not caplog.records
+  assert healthy["ccneg"]["items"] == 12 and all(np.isfinite(v) for m in healthy.values()
+                                                 for v in m.values())
+  round_ = EvalRound(encoder, _with_nan_image_projection(params))
+  with caplog.at_level(logging.WARNING):
+    broken = {name: dict(e.evaluate(round_)) for name, e in evaluators.items()}
+  assert round_.passes == 1
+  # Every metric NaN (accuracy would be 0: comparisons with NaN are false), same names as healthy.
+  for name, results in broken.items():
+    assert results.keys() == healthy[name].keys() and all(np.isnan(list(results.values()))), name
+  # 12 image embeddings NaN of 12 images and 3 x 12 captions, named per evaluator.
+  assert [r.getMessage() for r in caplog.records] == [
+      f"evals.{name} (test): 12 of 48 embeddings hold NaN or Inf: its metrics are reported as NaN"
+      for name in evaluators]
 
 
 def test_exported_folder_scores_the_same_as_transformers(tmp_path):

@@ -1,11 +1,13 @@
 """Hugging Face interchange: parity with transformers' PyTorch CLIPModel, round trips, bad folders."""
 
 import json
+import logging
 import os
 import re
 import shutil
 import stat
 
+import huggingface_hub
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -268,7 +270,7 @@ def test_unreadable_files_are_named(tmp_path):
     hf.load_hf_clip(str(folder))
 
 
-def test_a_missing_local_path_is_never_a_hub_lookup(tmp_path, monkeypatch):
+def test_a_missing_local_path_is_never_a_hub_lookup(tmp_path, monkeypatch, caplog):
   """A name is a hub id only as 'org/name' not starting with '.', '/' or '~', whose 'org' is no
   local folder; any other missing path is one error saying so, without asking the hub."""
   monkeypatch.chdir(tmp_path)
@@ -278,12 +280,35 @@ def test_a_missing_local_path_is_never_a_hub_lookup(tmp_path, monkeypatch):
                                                           "Hugging Face CLIP checkpoint: the local "
                                                           "path does not exist")):
       hf.load_hf_clip(path)
-  # A hub id the (offline, as in every test) client cannot fetch: one line that says so.
+  assert not caplog.records  # no word of the hub
+
+
+def test_a_hub_id_is_loaded_with_one_line_naming_the_folder_not_found(tmp_path, monkeypatch,
+                                                                      caplog):
+  """'nope/model' may be a mistyped local path: taking it as a hub id is said, once, and when the
+  hub cannot give it the one-line error names both readings."""
+  monkeypatch.chdir(tmp_path)
+  local = f"'nope/model': no local folder {tmp_path.resolve() / 'nope' / 'model'}"
+  # Offline (HF_HUB_OFFLINE, as in every test) and not in the cache.
+  with caplog.at_level(logging.INFO), pytest.raises(FileNotFoundError) as error:
+    hf.load_hf_clip("nope/model")
+  assert [(r.levelno, r.getMessage()) for r in caplog.records] == [
+      (logging.WARNING, f"{local}; loading the Hugging Face hub model nope/model")]
+  assert str(error.value) == (f"{local}, and the Hugging Face hub model nope/model could not be "
+                              "loaded: the hub is off (HF_HUB_OFFLINE) and the local Hugging Face "
+                              "cache does not hold it")
+  # Online, the client's (multi-line) reason, on the same line.
+  monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+
+  def unreachable(*_, **__):
+    raise OSError("Name or service not known\nCheck your connection.")
+
+  monkeypatch.setattr(huggingface_hub, "snapshot_download", unreachable)
   with pytest.raises(FileNotFoundError) as error:
     hf.load_hf_clip("nope/model")
-  assert str(error.value) == ("'nope/model' is not a local folder; read as a Hugging Face hub "
-                              "id, it is not in the local Hugging Face cache and the hub is off "
-                              "(HF_HUB_OFFLINE)")
+  assert str(error.value) == (f"{local}, and the Hugging Face hub model nope/model could not be "
+                              "loaded: the hub has no such model or could not be reached "
+                              "(OSError: Name or service not known Check your connection.)")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -368,6 +368,63 @@ def test_too_many_bad_records_raise_naming_offenders(tmp_path, tokenizer):
     pipeline.close()
 
 
+def _next_error_within(pipeline, seconds: float) -> BaseException | None:
+  """What next(pipeline) raises; fails the test instead of hanging when it draws for longer."""
+  outcome = {}
+
+  def draw():
+    try:
+      next(pipeline)
+    except BaseException as e:  # pylint: disable=broad-exception-caught
+      outcome["error"] = e
+
+  drawer = threading.Thread(target=draw, daemon=True)
+  drawer.start()
+  drawer.join(seconds)
+  assert not drawer.is_alive(), f"no batch and no error after {seconds} s"
+  return outcome.get("error")
+
+
+def test_training_data_whose_every_record_is_bad_is_an_error_not_a_hang(tmp_path, tokenizer):
+  """A wrong image_dir makes every record bad: a repeating dataset never yields the good record
+  whose arrival checks the counts, so the reader itself stops after more bad records in a row
+  than max_bad_fraction lets pass, in the main process and in each worker."""
+  path, _ = _write_dataset(tmp_path)
+  source = sources.csv_source(str(path), str(tmp_path / "elsewhere"), split=None)
+  for workers, fraction in [(0, 0.01), (2, 0.01), (0, 1.0)]:
+    pipeline = input_pipeline.make_pipeline(
+        source, _config(worker_count=workers, max_bad_fraction=fraction), train=True,
+        tokenizer=tokenizer)
+    try:
+      error = _next_error_within(pipeline, 60)
+    finally:
+      pipeline.close()
+    assert isinstance(error, input_pipeline.BadDataError), (workers, fraction, error)
+    assert f"max_bad_fraction={fraction} allows in epochs of {N} records" in str(error)
+    assert "elsewhere/000.jpg" in str(error) or "elsewhere/0" in str(error)
+    assert "\n" not in str(error)  # main ends with it as one line
+
+
+def test_the_bound_on_bad_records_in_a_row_is_what_the_fraction_implies():
+  bound = input_pipeline.bad_records_in_a_row_bound
+  assert bound(0.01, 1000) == 20 and bound(0.0, 1000) == 0
+  assert bound(0.01, 1000, workers=8) == 20
+  # f·W ≥ 1: a reader's share of an epoch may be all bad within the fraction; two epochs' worth.
+  assert bound(0.2, 1000, workers=8) == 2000 and bound(1.0, 1000) == 2000
+  # Exhaustively on small cases: a stream of bad records longer than the bound, wherever it
+  # starts, puts more than f·E bad records into one epoch (E/W records per reader and epoch).
+  for epoch, workers, fraction in [(12, 1, 0.1), (12, 3, 0.2), (20, 4, 0.05), (9, 1, 0.5)]:
+    share = epoch // workers
+    n = bound(fraction, epoch, workers) + 1
+    if fraction * max(workers, 1) >= 1:
+      continue
+    for start in range(share):
+      per_epoch = [0] * (n // share + 3)
+      for k in range(start, start + n):
+        per_epoch[k // share] += 1
+      assert max(per_epoch) > fraction * epoch, (epoch, workers, fraction, start)
+
+
 def test_zero_size_and_non_string_fields():
   preprocess = input_pipeline.Preprocess(CLIPTokenizer(), 16, 8, "center", (0.9, 1.0))
   good = {"id": "a", "caption": "x", "paraphrase": "y", "negation": "z"}

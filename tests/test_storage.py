@@ -67,3 +67,39 @@ def test_cached_local_copy_follows_the_object(gcs_bucket, tmp_path):
     f.write(b"secnd")
   assert open(storage.cached_local_copy([shard], str(tmp_path))[0], "rb").read() == b"secnd"
   assert storage.cached_local_copy(["/x/local"], str(tmp_path)) == ["/x/local"]
+
+
+def _full_disk_error() -> OSError:
+  """A real ENOSPC: /dev/full refuses every write as a full disk does."""
+  try:
+    with open("/dev/full", "wb", buffering=0) as f:
+      f.write(b"x")
+  except OSError as e:
+    return e
+  raise AssertionError("/dev/full accepted a write")
+
+
+def test_out_of_space_is_found_anywhere_in_an_error_chain():
+  full = _full_disk_error()
+  assert storage.out_of_space(full) == "No space left on device"
+  named = OSError(full.errno, full.strerror, "/run/metrics.jsonl")
+  assert storage.out_of_space(named) == "No space left on device writing /run/metrics.jsonl"
+  try:  # the cleanup after a failed write fails in turn: the first failure is still found
+    try:
+      raise named
+    except OSError:
+      raise RuntimeError("Event loop is closed")  # pylint: disable=raise-missing-from
+  except RuntimeError as e:
+    assert storage.out_of_space(e) == "No space left on device writing /run/metrics.jsonl"
+  # tensorstore (orbax's array writes) names the file and the OS error in a ValueError's text
+  tensorstore = ValueError(
+      'RESOURCE_EXHAUSTED: Error writing "params.w/0" in OCDBT database at local file "/c/4.tmp/":'
+      ' Failed writing: "/c/4.tmp/d/be75": Failed to write 177240 bytes to file 7: No space left '
+      "on device [os_error_code='28']")
+  assert storage.out_of_space(RuntimeError("save failed")) is None
+  wrapped = RuntimeError("save failed")
+  wrapped.__cause__ = tensorstore
+  assert storage.out_of_space(wrapped) == "No space left on device writing /c/4.tmp/d/be75"
+  assert storage.out_of_space(ExceptionGroup("saves", [ValueError("x"), named])) == (
+      "No space left on device writing /run/metrics.jsonl")
+  assert storage.out_of_space(OSError(13, "Permission denied", "/run")) is None

@@ -404,3 +404,72 @@ def test_a_bad_value_is_the_last_line_of_main_and_writes_nothing(tmp_path):
       "python -m semclip_jax.main: error: config.checkpoint.every_steps=0 must be a positive "
       "integer"), result.stderr[-2000:]
   assert not (tmp_path / "run").exists()
+
+
+def _purge_steps(folder):
+  """The steps of the SessionLog START events with which TensorBoard hides later steps of
+  earlier event files (tensorboardX's purge_step), over every event file under `folder`."""
+  from tensorboardX.proto import event_pb2  # pylint: disable=import-outside-toplevel
+
+  steps = []
+  for path in sorted(folder.glob("events.out.tfevents.*")):
+    data, offset = path.read_bytes(), 0
+    while offset < len(data):
+      (length,) = struct.unpack("<Q", data[offset:offset + 8])
+      event = event_pb2.Event.FromString(data[offset + 12:offset + 12 + length])
+      if event.HasField("session_log") and event.session_log.status == event.session_log.START:
+        steps.append(event.step)
+      offset += 12 + length + 4
+  return steps
+
+
+def test_a_full_disk_is_the_last_line_and_the_rerun_logs_each_step_once(tmp_path):
+  """A write refused for lack of room (here a real file size limit, RLIMIT_FSIZE, which fails
+  orbax's checkpoint writes with EFBIG as a full disk does with ENOSPC) ends the output in one
+  line naming the file, after orbax's threads have said what they say. The rerun, with room,
+  finishes; metrics.jsonl holds each step once, the attempt's lines dropped."""
+  run = tmp_path / "run"
+  command = _command(run, total_steps=8)
+  # The limit set in a shim that then becomes the run (exec keeps it), not in a preexec_fn: a fork
+  # of this multithreaded (JAX) process may deadlock. Python ignores SIGXFSZ, so an oversized
+  # write fails with EFBIG instead of killing the process.
+  limited = [sys.executable, "-c", "import os, resource, sys; resource.setrlimit(resource."
+             "RLIMIT_FSIZE, (200_000, 200_000)); os.execv(sys.executable, sys.argv[1:])", *command]
+  full = subprocess.run(limited, cwd=REPO, capture_output=True, text=True, check=False)
+  assert full.returncode == 1, full.stderr[-3000:]
+  last = full.stderr.strip().splitlines()[-1]
+  assert re.fullmatch(
+      r"python -m semclip_jax\.main: error: File too large writing "
+      + re.escape(str(run / "checkpoints")) + r"/4\.orbax-checkpoint-tmp/\S+: free space there "
+      r"\(or raise the quota or file size limit\) and rerun the same command: training resumes "
+      r"from its last complete checkpoint", last), full.stderr[-3000:]
+  assert "Traceback" not in full.stderr.split("error: File too large")[-1]
+  assert {m["step"] for m in read_metrics(run) if "loss" in m} >= {1, 2, 3, 4}
+
+  subprocess.run(command, cwd=REPO, capture_output=True, check=True)
+  steps = [m["step"] for m in read_metrics(run) if "loss" in m]
+  assert steps == list(range(1, 9))
+  assert checkpointing.saved_steps(str(run / "checkpoints")) == [4, 8]
+  assert _purge_steps(run / "tensorboard")[-1] == 1  # the rerun hides the attempt's steps
+
+
+def test_a_wrong_image_dir_is_the_last_line_of_main_not_a_hang(tmp_path):
+  """Every image missing (image_dir names a folder, but not the images'): the run ends within
+  seconds in one line naming max_bad_fraction and the first missing file. It used to look for a
+  good record forever."""
+  (tmp_path / "imgs").mkdir()
+  with open(tmp_path / "ccneg.csv", "w", encoding="utf-8") as f:
+    f.write("image_number,caption,paraphrased,negation\n")
+    f.writelines(f"{i},a dog {i},dog no. {i},not a dog {i}\n" for i in range(60))
+  result = subprocess.run(
+      [sys.executable, "-m", "semclip_jax.main", "--config=ccneg:runlocal",
+       f"--workdir={tmp_path / 'run'}", f"--config.data.path={tmp_path / 'ccneg.csv'}",
+       f"--config.data.image_dir={tmp_path / 'imgs'}", "--config.data.ccneg_official=False",
+       "--config.mesh.num_devices=1", "--config.progress_bar=False"],
+      cwd=REPO, capture_output=True, text=True, check=False, timeout=300)
+  assert result.returncode == 1, result.stderr[-3000:]
+  assert re.fullmatch(
+      r"python -m semclip_jax\.main: error: 1 bad record\(s\) in a row: more than "
+      r"max_bad_fraction=0\.01 allows in epochs of \d+ records; first offenders: ccneg\.csv:\d+: "
+      r"cannot read image " + re.escape(str(tmp_path / "imgs")) + r"/\d+\.jpg: No such file or "
+      r"directory", result.stderr.strip().splitlines()[-1]), result.stderr[-3000:]

@@ -183,8 +183,11 @@ class Preprocess:
 # ----------------------------------------------------------------------------------------------
 class _DropBadIterator(grain.DatasetIterator):
 
-  def __init__(self, parent):
+  def __init__(self, parent, max_bad_fraction: float | None, epoch_size: int, workers: int):
     super().__init__(parent)
+    self._max_bad_fraction, self._epoch_size = max_bad_fraction, epoch_size
+    self._give_up_after = (None if max_bad_fraction is None
+                           else bad_records_in_a_row_bound(max_bad_fraction, epoch_size, workers))
     self._logged: set[str] = set()  # each bad record is logged once, not once per epoch
 
   def __next__(self) -> dict[str, Any]:
@@ -199,6 +202,11 @@ class _DropBadIterator(grain.DatasetIterator):
         logger.warning("skipping record %s: %s", element["id"], element["error"])
       if len(notes) < _MAX_NOTES:
         notes.append(f"{element['id']}: {element['error']}")
+      if self._give_up_after is not None and skipped > self._give_up_after:
+        raise BadDataError(
+            f"{skipped} bad record(s) in a row: more than max_bad_fraction="
+            f"{self._max_bad_fraction} allows in epochs of {self._epoch_size} records; first "
+            f"offenders: {'; '.join(notes)}")
     return {**element, "num_skipped": np.int32(skipped), "skip_notes": "\n".join(notes)}
 
   def get_state(self):
@@ -209,10 +217,35 @@ class _DropBadIterator(grain.DatasetIterator):
 
 
 class DropBadRecords(grain.IterDataset):
-  """Drops error records; the next good one carries how many were dropped and why."""
+  """Drops error records; the next good one carries how many were dropped and why (the counts
+  travel in-band: workers cannot share counters with the main process).
+
+  With `max_bad_fraction`, it raises BadDataError after more bad records in a row than that
+  fraction of epochs of `epoch_size` records, read by `workers` processes, can hold
+  (`bad_records_in_a_row_bound`). The counts
+  are checked when a good record arrives, and when every record is bad (a wrong `image_dir`) none
+  ever does: without the bound, a repeating dataset would look for one forever."""
+
+  def __init__(self, parent, max_bad_fraction: float | None = None, epoch_size: int = 0,
+               workers: int = 0):
+    super().__init__(parent)
+    self._limits = (max_bad_fraction, epoch_size, workers)
 
   def __iter__(self) -> _DropBadIterator:
-    return _DropBadIterator(self._parent.__iter__())
+    return _DropBadIterator(self._parent.__iter__(), *self._limits)
+
+
+def bad_records_in_a_row_bound(max_bad_fraction: float, epoch_size: int, workers: int = 0) -> int:
+  """The most bad records in a row that one reader (the main process, or each of `workers` worker
+  processes, which read every `workers`-th record) lets pass under `max_bad_fraction`.
+
+  A run of n bad records in a reader's stream puts at least min(n/2, E/W) of them into one epoch
+  of E records (W readers: it spans two epochs, or covers the reader's whole share E/W of one).
+  With f·W < 1, n > 2·f·E therefore puts more than f·E into some epoch, which the per-epoch check
+  would refuse once it saw it. Otherwise (f ≥ 1 allows anything) past 2·E: the reader has read
+  its share of at least two epochs without finding one good record."""
+  readers = max(workers, 1)
+  return int(2 * max_bad_fraction * epoch_size) if max_bad_fraction * readers < 1 else 2 * epoch_size
 
 
 # ----------------------------------------------------------------------------------------------
@@ -237,8 +270,11 @@ def build_dataset(source, config: ml_collections.ConfigDict, *, train: bool,
                           jpeg_draft=train and config.get("jpeg_draft", False),
                           max_image_pixels=config.get("max_image_pixels", MAX_IMAGE_PIXELS))
   ds = ds.random_map(preprocess, seed=config.seed) if train else ds.map(preprocess)
-  batches = DropBadRecords(ds.to_iter_dataset()).batch(config.batch_size // process_count,
-                                                       drop_remainder=train)
+  # An evaluation reads each record once, so it ends; training repeats its records.
+  max_bad_fraction = config.get("max_bad_fraction", 0.01) if train else None
+  batches = DropBadRecords(ds.to_iter_dataset(), max_bad_fraction, epoch_size,
+                           config.worker_count).batch(
+      config.batch_size // process_count, drop_remainder=train)
   if config.worker_count > 0:
     _allow_grain_workers()
     _register_exit_release()
@@ -420,7 +456,7 @@ class InputPipeline:
       raise BadDataError(
           f"skipped {c['skipped_in_epoch']} bad records in epoch {c['epoch']}, more than "
           f"max_bad_fraction={self.max_bad_fraction} of its {self.epoch_size} records; first "
-          "offenders:\n  " + "\n  ".join(self._notes))
+          "offenders: " + "; ".join(self._notes))
     if c["seen_in_epoch"] >= self.epoch_size:
       logger.info("input epoch %d done: %d records, %d skipped as bad", c["epoch"],
                   c["seen_in_epoch"], c["skipped_in_epoch"])

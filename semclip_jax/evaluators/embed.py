@@ -12,12 +12,18 @@ Batches are padded to the full batch (one compilation serves every batch, and th
 evenly over devices) and the padded rows dropped, so every item is counted exactly once. Each pass
 over a source reports its progress (`progress.Progress`, on the first process only: items
 embedded of all, rate, ETA; one line at its end when it is short).
+
+Every embedding reaches the host through `PaddedBatches.result`, which counts those holding NaN or
+Inf (`EmbeddingCount`); `Evaluator.evaluate` reports an evaluator whose embeddings were not all
+finite as NaN, with one warning, rather than the 0 that comparisons with NaN would score.
 """
 
 from __future__ import annotations
 
 import collections
 import contextlib
+import contextvars
+import dataclasses
 import hashlib
 import logging
 from typing import Any, Callable, Hashable, Iterator
@@ -101,6 +107,51 @@ def count_compilations() -> Iterator[collections.Counter]:
 
 
 # ----------------------------------------------------------------------------------------------
+# Non-finite embeddings, counted where they reach the host.
+# ----------------------------------------------------------------------------------------------
+@dataclasses.dataclass
+class EmbeddingCount:
+  """Embeddings handed to an evaluator, and how many of them hold a NaN or Inf."""
+  total: int = 0
+  nonfinite: int = 0
+
+  @classmethod
+  def of(cls, z: np.ndarray) -> EmbeddingCount:
+    """The rows of [N, D] `z`, and those with any non-finite entry."""
+    return cls(len(z), int(np.count_nonzero(~np.isfinite(z).all(axis=-1))))
+
+  def add(self, other: EmbeddingCount) -> None:
+    self.total += other.total
+    self.nonfinite += other.nonfinite
+
+
+# The innermost `counting_embeddings` block's count. A context variable, not an argument: the
+# embed helpers (`embed_rows`, zero-shot's and NegBench's) take a round's encode functions, and the
+# count would otherwise have to pass through each of their signatures.
+_COUNT: contextvars.ContextVar[EmbeddingCount | None] = contextvars.ContextVar(
+    "embedding_count", default=None)
+
+
+@contextlib.contextmanager
+def counting_embeddings() -> Iterator[EmbeddingCount]:
+  """`with counting_embeddings() as count:` counts the embeddings handed out inside the block (by
+  `PaddedBatches.result`, and by `EvalRound.triples` for a pass made earlier)."""
+  count = EmbeddingCount()
+  token = _COUNT.set(count)
+  try:
+    yield count
+  finally:
+    _COUNT.reset(token)
+
+
+def _counted(count: EmbeddingCount) -> None:
+  """Adds `count` to the innermost `counting_embeddings` block's (none: nobody is counting)."""
+  current = _COUNT.get()
+  if current is not None:
+    current.add(count)
+
+
+# ----------------------------------------------------------------------------------------------
 # Padded batches.
 # ----------------------------------------------------------------------------------------------
 def pad_rows(x: np.ndarray, rows: int) -> np.ndarray:
@@ -128,8 +179,10 @@ class PaddedBatches:
     self._outputs.append((self.encode(padded), len(rows)))
 
   def result(self) -> np.ndarray:
-    """[rows added, D] float32."""
-    return np.concatenate([np.asarray(z)[:n] for z, n in self._outputs])
+    """[rows added, D] float32, counted (`counting_embeddings`)."""
+    z = np.concatenate([np.asarray(z)[:n] for z, n in self._outputs])
+    _counted(EmbeddingCount.of(z))  # on the host already: a numpy pass, no device program
+    return z
 
 
 def embed_rows(encode: Callable[[Any], jax.Array], rows: np.ndarray, batch_size: int, mesh=None
@@ -173,7 +226,8 @@ class EvalRound:
     self.params = tuple(params)
     self.mesh = mesh
     self.passes = 0
-    self._triples: dict[Hashable, dict[str, Any]] = {}
+    # Each pass's embeddings and their count, counted again for every evaluator they are handed to.
+    self._triples: dict[Hashable, tuple[dict[str, Any], EmbeddingCount]] = {}
 
   @classmethod
   def of_model(cls, model: CLIP, mesh=None) -> EvalRound:
@@ -197,11 +251,14 @@ class EvalRound:
     """{"ids": [N], "image_keys": [N] (rows sharing a key show the same image), "image": [N, D],
     "caption"/"paraphrase"/"negation": [N, D]} (numpy float32, read-only: shared). Records the
     pipeline's bad-input policy skips are absent, ids too. `label` names the pass's progress
-    lines (the evaluator asking first)."""
+    lines (the evaluator asking first). Counted (`counting_embeddings`) at every call."""
     key = data_key(source, data_config)
     if key not in self._triples:
-      self._triples[key] = self._embed_triples(source, data_config, label)
-    return self._triples[key]
+      with counting_embeddings() as count:
+        self._triples[key] = self._embed_triples(source, data_config, label), count
+    z, count = self._triples[key]
+    _counted(count)
+    return z
 
   def _embed_triples(self, source, data_config: ml_collections.ConfigDict, label: str
                      ) -> dict[str, Any]:
@@ -247,7 +304,7 @@ def warn_if_few(label: str, items: int | None) -> None:
 
 
 class Evaluator:
-  """`evaluate(round)` yields (metric name, value) from a round's embeddings."""
+  """`evaluate(round)` yields (metric name, value) from a round's embeddings (`compute`)."""
 
   # "<name> (<split>)": what its progress lines and warnings call it (`make_evaluator` sets it).
   label: str = ""
@@ -260,6 +317,19 @@ class Evaluator:
     return None
 
   def evaluate(self, round_: EvalRound) -> Metrics:
+    """`compute`'s metrics; all NaN, with one warning, when an embedding they were computed from
+    holds NaN or Inf (finite weights can still give one): comparisons with NaN are false, so such
+    a model would otherwise score 0, or a number from garbage, without a word."""
+    with counting_embeddings() as count:
+      results = list(self.compute(round_))
+    if count.nonfinite:
+      logger.warning("evals.%s: %d of %d embeddings hold NaN or Inf: its metrics are reported as "
+                     "NaN", self.title(), count.nonfinite, count.total)
+      results = [(name, float("nan")) for name, _ in results]
+    return iter(results)
+
+  def compute(self, round_: EvalRound) -> Metrics:
+    """(metric name, value) from the round's embeddings (each evaluator's own)."""
     raise NotImplementedError
 
   def run(self, model: CLIP, mesh=None) -> Metrics:
@@ -278,7 +348,7 @@ class TripleEvaluator(Evaluator):
   def size(self) -> int:
     return len(self.source)
 
-  def evaluate(self, round_: EvalRound) -> Metrics:
+  def compute(self, round_: EvalRound) -> Metrics:
     return self.score(round_.triples(self.source, self.data_config, self.title()))
 
   def score(self, z: dict[str, Any]) -> Metrics:

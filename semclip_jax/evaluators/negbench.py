@@ -64,8 +64,10 @@ NEGATED = "negated/"  # prefix of the metrics of `negated_path`
 # Metrics (numpy, no IO) on L2-normalised embeddings; ties are failures (strict >).
 # ----------------------------------------------------------------------------------------------
 def mcq_scores(images: np.ndarray, options: np.ndarray) -> np.ndarray:
-  """[N, D] images, [N, K, D] their options -> [N, K] cosines."""
-  return np.einsum("nd,nkd->nk", images, options)
+  """[N, D] images, [N, K, D] their options -> [N, K] cosines (in float64, rounded to float32:
+  options with equal embeddings tie, see `metrics.cosines`)."""
+  return np.einsum("nd,nkd->nk", np.asarray(images, np.float64),
+                   np.asarray(options, np.float64)).astype(np.float32)
 
 
 def chosen_wrong(scores: np.ndarray, correct: np.ndarray) -> np.ndarray:
@@ -488,7 +490,7 @@ class NegBenchMCQEvaluator(Evaluator):
     return cls(c["path"], data_config, image_root=c.get("image_root") or None,
                option_types=c.get("option_types", AUTO))
 
-  def evaluate(self, round_: EvalRound) -> Metrics:
+  def compute(self, round_: EvalRound) -> Metrics:
     _check_batches(round_, self.data_config.batch_size)
     items, n = self.items, len(self.items.rows)
     zi, image_of = embed_distinct(lambda p: embed_image_files(round_, p, self.data_config),
@@ -526,7 +528,7 @@ class NegBenchRetrievalEvaluator(Evaluator):
     return cls(c["path"], data_config, image_root=c.get("image_root") or None,
                negated_path=c.get("negated_path") or None, **options)
 
-  def evaluate(self, round_: EvalRound) -> Metrics:
+  def compute(self, round_: EvalRound) -> Metrics:
     _check_batches(round_, self.data_config.batch_size)
     paths = [p for items in self.files.values() for p in items.images]
     zi, image_of = embed_distinct(lambda p: embed_image_files(round_, p, self.data_config), paths)

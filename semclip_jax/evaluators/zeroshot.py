@@ -30,6 +30,7 @@ from PIL import Image
 
 from semclip_jax.data import transforms
 from semclip_jax.data.tokenizer import CLIPTokenizer
+from semclip_jax.evaluators import metrics
 from semclip_jax.evaluators.embed import EvalRound, Evaluator, Metrics, PaddedBatches, embed_rows
 from semclip_jax.models.clip import l2_normalize
 from semclip_jax.progress import Progress
@@ -61,8 +62,9 @@ def zeroshot_scores(image_embeddings: np.ndarray, labels: np.ndarray,
   """{original_accuracy, negated_accuracy, delta} from L2-normalised [N, D] images, [N] labels
   and [C, D] class embeddings; each accuracy is the share of images whose class wins argmax."""
   labels = np.asarray(labels, np.int64)
-  original = float(np.mean(strict_top1(image_embeddings @ class_embeddings_original.T, labels)))
-  negated = float(np.mean(strict_top1(image_embeddings @ class_embeddings_negated.T, labels)))
+  images = np.asarray(image_embeddings, np.float64)  # cast once for both (metrics.cosines)
+  original = float(np.mean(strict_top1(metrics.cosines(images, class_embeddings_original), labels)))
+  negated = float(np.mean(strict_top1(metrics.cosines(images, class_embeddings_negated), labels)))
   return {"original_accuracy": original, "negated_accuracy": negated, "delta": original - negated}
 
 
@@ -235,7 +237,7 @@ class ZeroShotEvaluator(Evaluator):
       names = override
     return source, names
 
-  def evaluate(self, round_: EvalRound) -> Metrics:
+  def compute(self, round_: EvalRound) -> Metrics:
     mesh = round_.mesh
     if mesh is not None and self.batch_size % mesh.size:
       raise ValueError(f"batch_size {self.batch_size} does not split over the {mesh.size} devices")
