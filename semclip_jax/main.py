@@ -174,7 +174,7 @@ def run() -> None:
   flags.mark_flags_as_required(["workdir"])
   try:
     sys.argv = resolve_config_flag(sys.argv)  # config_flags reads the overrides from sys.argv
-    app.run(main, argv=sys.argv)
+    app.run(main, argv=sys.argv, flags_parser=_parse_flags)
   except SystemExit as e:
     if not isinstance(e.code, str):  # success, --help, or absl's own usage errors (printed)
       raise
@@ -186,6 +186,24 @@ def run() -> None:
       traceback.print_exc()  # a bug, most likely: the trace to report it with
     mode = _MODE.value if flags.FLAGS.is_parsed() else "train"
     _exit_with(failure_line(e, mode), 130 if isinstance(e, KeyboardInterrupt) else 1)
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+  """absl's flag parsing, a bad flag (or --config.<field> value) being the one failure line
+  instead of absl's "FATAL Flags parsing error" followed by a hint."""
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as e:
+    raise SystemExit(f"{PROG}: error: {' '.join(str(e).split())} (--help lists every flag and "
+                     "config field)") from None
+  except (AttributeError, KeyError) as e:  # config_flags' own answer to an unknown field
+    field = str(e).strip("\"'")
+    named = [arg.split("=")[0] for arg in argv
+             if arg.startswith("--config.") and field in arg.split("=")[0].split(".")]
+    if not named:  # not an override's: a config file's own error
+      raise
+    raise SystemExit(f"{PROG}: error: {named[0]} names no config field ({field!r} is none; "
+                     "--help lists every field)") from None
 
 
 def _exit_with(line: str, status: int) -> NoReturn:

@@ -269,3 +269,19 @@ def test_an_unexpected_error_is_one_line_after_its_traceback(tmp_path):
                        "traceback is above)"), result.stderr[-2000:]
   assert lines[-2] == "KeyError: 'data'" and "Traceback (most recent call last):" in lines
   assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("flag,line", [
+    ("--config.total_steps=abc", "python -m semclip_jax.main: error: flag --config.total_steps=abc: "
+     "invalid literal for int() with base 10: 'abc' (--help lists every flag and config field)"),
+    ("--config.data.nosuch=1", "python -m semclip_jax.main: error: --config.data.nosuch names no "
+     "config field ('nosuch' is none; --help lists every field)"),
+])
+def test_a_bad_flag_is_one_line(tmp_path, flag, line):
+  """absl's own parsing errors end in a hint line; ours end in the reason."""
+  result = subprocess.run(
+      [sys.executable, "-m", "semclip_jax.main", "--config=shapes", f"--workdir={tmp_path / 'run'}",
+       flag], capture_output=True, text=True, check=False)
+  assert result.returncode == 1
+  assert result.stderr.strip().splitlines() == [line]
+  assert not (tmp_path / "run").exists()
