@@ -9,7 +9,8 @@ releasing it (SIGKILL, a crash, a preempted VM) is stale and taken over with a w
   taken (a relaunched VM may give the pid to another process);
 - held on another host (a `gs://` workdir shared by machines, or NFS): the holder rewrites the
   lock's `heartbeat` every `HEARTBEAT_S` from a daemon thread, and a lock whose heartbeat is
-  older than `STALE_AFTER_S` is stale.
+  older than `STALE_AFTER_S` is stale. The heartbeat rewrites the lock only while it is still
+  this run's: a lock another trainer took over, or one deleted with its workdir, is left alone.
 
 Creation is exclusive on a local disk (O_EXCL). In a bucket it is a read then a write: two
 trainers started within the same second on two machines could both proceed; the lock is for the
@@ -127,9 +128,20 @@ class RunLock:
     self._heartbeat.start()
     return self
 
+  def _ours(self, holder: dict[str, Any] | None) -> bool:
+    return bool(holder) and all(holder.get(k) == self._holder[k] for k in ("host", "pid", "started"))
+
   def _beat(self) -> None:
     while not self._stop.wait(HEARTBEAT_S):
       try:
+        holder = self._read()
+        if not self._ours(holder):
+          # Deleted (with its workdir, perhaps) or taken over after a long stall: rewriting it
+          # would recreate a deleted workdir, or steal the lock of the trainer that took it.
+          logger.warning("%s: the lock is no longer this run's (%s); heartbeat stopped", self.path,
+                         "deleted" if holder is None else f"held by pid {holder.get('pid')} on "
+                         f"{holder.get('host')}")
+          return
         self._write(exclusive=False)
       except OSError as e:  # a failed heartbeat costs nothing until STALE_AFTER_S
         logger.warning("%s: heartbeat failed (%s)", self.path, e)
@@ -138,8 +150,7 @@ class RunLock:
     self._stop.set()
     if self._heartbeat is not None:
       self._heartbeat.join()
-    holder = self._read() or {}
-    if (holder.get("pid"), holder.get("host")) == (self._holder["pid"], self._holder["host"]):
+    if self._ours(self._read()):
       storage.remove(self.path)  # ours still (not taken over after a long stall)
 
   def __enter__(self) -> "RunLock":

@@ -85,3 +85,33 @@ def test_in_a_bucket_another_hosts_lock_holds_while_its_heartbeat_is_fresh(gcs_b
     f.write("{\"host\": ")
   with run_lock.RunLock(workdir):
     pass
+
+
+def test_the_heartbeat_never_rewrites_a_lock_that_is_no_longer_its_own(tmp_path, monkeypatch,
+                                                                        caplog):
+  """The heartbeat rewrites the lock only while it is still this run's: a lock taken over by
+  another trainer (after a long stall) keeps its new holder, and a workdir deleted under a run is
+  not created again by the next heartbeat."""
+  import shutil  # pylint: disable=import-outside-toplevel
+
+  monkeypatch.setattr(run_lock, "HEARTBEAT_S", 0.02)
+  lock = run_lock.RunLock(str(tmp_path / "taken")).acquire()
+  first = json.loads((tmp_path / "taken" / ".lock").read_text())["heartbeat"]
+  deadline = time.monotonic() + 10
+  while json.loads((tmp_path / "taken" / ".lock").read_text())["heartbeat"] == first:
+    assert time.monotonic() < deadline, "no heartbeat"
+    time.sleep(0.01)
+  other = {"host": "elsewhere", "pid": 1, "started": 1.0, "heartbeat": time.time()}
+  with caplog.at_level("WARNING", logger="semclip_jax.run_lock"):
+    (tmp_path / "taken" / ".lock").write_text(json.dumps(other))
+    time.sleep(0.3)
+    lock.release()
+  assert json.loads((tmp_path / "taken" / ".lock").read_text()) == other
+  assert any("no longer this run's (held by pid 1 on elsewhere)" in r.getMessage()
+             for r in caplog.records)
+
+  lock = run_lock.RunLock(str(tmp_path / "deleted")).acquire()
+  shutil.rmtree(tmp_path / "deleted")
+  time.sleep(0.3)
+  lock.release()
+  assert not (tmp_path / "deleted").exists()
