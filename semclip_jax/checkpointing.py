@@ -8,8 +8,7 @@ in a file, which orbax's compressed chunks decode silently, finite or not) or gi
 `CorruptCheckpointError`, which the trainer answers by falling back to the checkpoint before.
 Saves are asynchronous; orbax writes each step to a temporary folder and renames it when complete,
 so a checkpoint that was being written when the process died is never listed, hence never
-restored. The last `keep` checkpoints are kept, plus the
-`keep_best` best by an evaluation metric.
+restored. The last `keep` checkpoints are kept, plus the `keep_best` best by an evaluation metric.
 """
 
 from __future__ import annotations

@@ -321,7 +321,7 @@ def flat_fields(config: ml_collections.ConfigDict | Mapping[str, Any], prefix: s
     if isinstance(value, (ml_collections.ConfigDict, Mapping)) and value:
       fields.update(flat_fields(value, f"{prefix}{key}."))
     else:
-      fields[prefix + key] = _tuples(value) if isinstance(value, list) else value
+      fields[prefix + key] = _tuples(value)
   return fields
 
 

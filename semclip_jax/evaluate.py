@@ -35,8 +35,8 @@ anything is scored. Reading a name as a hub id is said in one warning line namin
 that is not there; a hub id that cannot be fetched ends the command in one line naming both. A
 command that fails leaves `--out` as it found it, less the files it replaced: what it created
 there (the folder itself, results, the `checkpoints/` folder a model that is not a run is loaded
-through) is removed. A model with NaN or Inf weights is refused by its loader, one
-line naming the file and tensor.
+through) is removed. A model with NaN or Inf weights is refused by its loader, one line naming
+the file and tensor.
 """
 
 from __future__ import annotations
@@ -103,9 +103,8 @@ class ModelSpec:
     """Refuses a model that is neither an existing path (local or gs://) nor a hub id, before
     anything is scored: a mistyped path among several models fails before the others run."""
     if not storage.exists(self.path) and model_card.hub_model_id(self.path) is None:
-      raise FileNotFoundError(f"--model {self.path}: no such file or folder (read as a path, not "
-                              "a hub id: hub ids are 'org/name', not starting with '.', '/' or "
-                              "'~', and their 'org' is no local folder)")
+      raise FileNotFoundError(f"--model {self.path}: no such file or folder "
+                              f"({model_card.HUB_ID_RULE})")
 
   def default_out(self) -> str:
     """Where one model's results go without --out: the run itself, `<path>_eval` beside a local

@@ -175,8 +175,7 @@ def resolve_folder(path_or_repo_id: str, revision: str | None = None) -> str:
     found = "is not a folder" if os.path.exists(path_or_repo_id) else "does not exist"
     raise FileNotFoundError(
         f"{path_or_repo_id!r} is not a folder holding a Hugging Face CLIP checkpoint: the local "
-        f"path {found} (read as a path, not a hub id: hub ids are 'org/name', not starting with "
-        "'.', '/' or '~', and their 'org' is no local folder)")
+        f"path {found} ({model_card.HUB_ID_RULE})")
   import huggingface_hub  # pylint: disable=import-outside-toplevel
 
   # hub_model_id is None for any path that exists: this one does not.
@@ -337,8 +336,8 @@ def read_hf_tensors(folder: str, names: list[str]) -> dict[str, tuple[np.ndarray
 
 def check_finite(array: np.ndarray, where: str, error: type[Exception] = ValueError) -> None:
   """Raises `error` naming `where` (the file and tensor) when `array` holds NaN or Inf: one such
-  weight makes embeddings NaN, which evaluators would score as 0 without a word. For every
-  checkpoint format (`openclip` too)."""
+  weight makes embeddings NaN, and every metric of the model NaN. Refused at load, naming the
+  tensor, for every checkpoint format (`openclip` too)."""
   finite = np.isfinite(np.asarray(array, np.float32))
   if not finite.all():
     raise error(f"{where} holds {finite.size - np.count_nonzero(finite)} non-finite value(s) (NaN "

@@ -90,6 +90,11 @@ def _section(config: Mapping[str, Any], name: str) -> dict[str, Any]:
   return _as_dict(_as_dict(config).get(name))
 
 
+# What `hub_model_id` reads as a hub id, for the errors that refuse a missing path.
+HUB_ID_RULE = ("read as a path, not a hub id: hub ids are 'org/name', not starting with '.', '/' "
+               "or '~', and their 'org' is no local folder")
+
+
 def hub_model_id(init_from: str | None) -> str | None:
   """`init_from` when it names a model on the Hub, else None (empty, or a local file or folder).
 

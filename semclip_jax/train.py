@@ -477,10 +477,10 @@ def restore_latest(checkpointer: checkpointing.Checkpointer, state: train_step.T
   """(train state, input iterator state, step) of the newest checkpoint that restores into
   `state`'s shapes and shardings with the values saved. Each newer one that does not (a file
   missing or corrupt, a stray empty folder, bits flipped: other values than its fingerprint's,
-  or NaN/Inf) is reported in one line and,
-  with `set_aside` (a run that will save those steps again), moved to workdir/
-  unrestorable_checkpoints/. None restoring is one RestoreError; a checkpoint of another train
-  state names the config fields that differ (orbax's own error is a dump of both trees)."""
+  or NaN/Inf) is reported in one line and, with `set_aside` (a run that will save those steps
+  again), moved to workdir/unrestorable_checkpoints/. None restoring is one RestoreError; a
+  checkpoint of another train state names the config fields that differ (orbax's own error is a
+  dump of both trees)."""
   failures = []
   for step in sorted(checkpointer.all_steps(), reverse=True):
     try:

@@ -222,9 +222,9 @@ class DropBadRecords(grain.IterDataset):
 
   With `max_bad_fraction`, it raises BadDataError after more bad records in a row than that
   fraction of epochs of `epoch_size` records, read by `workers` processes, can hold
-  (`bad_records_in_a_row_bound`). The counts
-  are checked when a good record arrives, and when every record is bad (a wrong `image_dir`) none
-  ever does: without the bound, a repeating dataset would look for one forever."""
+  (`bad_records_in_a_row_bound`). The counts are checked when a good record arrives, and when
+  every record is bad (a wrong `image_dir`) none ever does: without the bound, a repeating dataset
+  would look for one forever."""
 
   def __init__(self, parent, max_bad_fraction: float | None = None, epoch_size: int = 0,
                workers: int = 0):
@@ -244,8 +244,9 @@ def bad_records_in_a_row_bound(max_bad_fraction: float, epoch_size: int, workers
   With f·W < 1, n > 2·f·E therefore puts more than f·E into some epoch, which the per-epoch check
   would refuse once it saw it. Otherwise (f ≥ 1 allows anything) past 2·E: the reader has read
   its share of at least two epochs without finding one good record."""
-  readers = max(workers, 1)
-  return int(2 * max_bad_fraction * epoch_size) if max_bad_fraction * readers < 1 else 2 * epoch_size
+  if max_bad_fraction * max(workers, 1) < 1:
+    return int(2 * max_bad_fraction * epoch_size)
+  return 2 * epoch_size
 
 
 # ----------------------------------------------------------------------------------------------
@@ -271,7 +272,7 @@ def build_dataset(source, config: ml_collections.ConfigDict, *, train: bool,
                           max_image_pixels=config.get("max_image_pixels", MAX_IMAGE_PIXELS))
   ds = ds.random_map(preprocess, seed=config.seed) if train else ds.map(preprocess)
   # An evaluation reads each record once, so it ends; training repeats its records.
-  max_bad_fraction = config.get("max_bad_fraction", 0.01) if train else None
+  max_bad_fraction = config.max_bad_fraction if train else None
   batches = DropBadRecords(ds.to_iter_dataset(), max_bad_fraction, epoch_size,
                            config.worker_count).batch(
       config.batch_size // process_count, drop_remainder=train)

@@ -132,9 +132,11 @@ def prepare(fmt: str, inputs: Sequence[str], output_dir: str, *, image_dir: str 
   choose = dict(ratios=ratios, seed=split_seed, ccneg_official=ccneg_official,
                 split_column=split_column, split_by=split_by,
                 ccneg_val_fraction=ccneg_val_fraction)
-  # The files whose content the shards come from, recorded so that a resume notices a change.
+  # The files whose content the shards come from, recorded so that a resume notices a change:
+  # read once for the folders of all splits.
   input_files = [*(readers.sugarcrepe_files(paths) if fmt == "sugarcrepe_json" else paths),
                  *([triples] if triples else [])]
+  input_identities = {path: storage.content_identity(path) for path in input_files}
 
   @functools.cache  # read once for all splits, and only when shards are missing
   def rows() -> tuple[list[sources.Triple], dict[str, str]]:
@@ -168,7 +170,7 @@ def prepare(fmt: str, inputs: Sequence[str], output_dir: str, *, image_dir: str 
 
     return write_shards(reader, folder, settings, records_per_shard=records_per_shard,
                         num_workers=num_workers, log=log,
-                        desc=f"prepare {split}" if split else "prepare", inputs=input_files,
+                        desc=f"prepare {split}" if split else "prepare", inputs=input_identities,
                         max_image_pixels=max_image_pixels)
 
   if split != ALL:

@@ -35,7 +35,7 @@ import io
 import itertools
 import json
 import os
-from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterable, Iterator, Mapping
 
 import numpy as np
 from PIL import Image
@@ -237,7 +237,7 @@ def _summarize(progress: dict, output_dir: str, log: Callable[[str], Any]) -> di
 def write_shards(reader: Reader, output_dir: str, settings: Mapping[str, Any], *,
                  records_per_shard: int = 10_000, num_workers: int | None = None,
                  writer_options: str = "group_size:1", log: Callable[[str], Any] = print,
-                 desc: str = "shards", inputs: Sequence[str] = (),
+                 desc: str = "shards", inputs: Mapping[str, Mapping[str, Any]] | None = None,
                  max_image_pixels: int | None = transforms.MAX_IMAGE_PIXELS) -> dict:
   """Writes the records of `reader` as resumable ArrayRecord shards in `output_dir`; returns the
   summary ({"read", "written", "skipped": {reason: {"count", "examples"}}, "shards", "settings"},
@@ -245,8 +245,9 @@ def write_shards(reader: Reader, output_dir: str, settings: Mapping[str, Any], *
   `max_image_pixels` pixels are skipped (`TOO_LARGE`).
 
   `settings` (JSON-able) identify the run: a folder holding progress of other settings is refused
-  with PrepareError; so is one holding shards made from other content of the files `inputs`
-  (their `storage.content_identity`, recorded in progress.json).
+  with PrepareError; so is one holding shards made from other content of the input files:
+  `inputs` maps each to its `storage.content_identity` (the caller's, computed once for the
+  folders of all splits), recorded in progress.json.
   """
   # pylint: disable-next=import-outside-toplevel
   from array_record.python.array_record_module import ArrayRecordWriter
@@ -255,8 +256,7 @@ def write_shards(reader: Reader, output_dir: str, settings: Mapping[str, Any], *
     raise PrepareError(f"records_per_shard must be positive, got {records_per_shard}")
   storage.makedirs(storage.check(output_dir, "output folder"))
   settings = json.loads(json.dumps({**settings, "records_per_shard": records_per_shard}))
-  identities = json.loads(json.dumps({p: storage.content_identity(p) for p in inputs}))
-  progress = _load_progress(output_dir, settings, identities)
+  progress = _load_progress(output_dir, settings, json.loads(json.dumps(inputs or {})))
   progress_path = storage.join(output_dir, PROGRESS)
   for target in (SHARD_GLOB, PROGRESS, SUMMARY):  # what an interrupted run left half-written
     atomic_io.remove_stray_temps(storage.join(output_dir, target))
