@@ -54,7 +54,8 @@ def test_ollama_scripted_answers_cleaned_verified_retried_and_reported(server, t
                   "bad_json": "backend error: malformed response"}[scenario]
         assert (row[column], flags) == ("", ("failed", "", reason)), scenario
   # Retries as documented: timeouts, 5xx and 429 are retried (1 + 2 attempts), bad JSON is not.
-  attempts = {s: server.requests[c, "paraphrase"] for c, s in SCENARIOS.items()}
+  requests = server.settled()
+  attempts = {s: requests[c, "paraphrase"] for c, s in SCENARIOS.items()}
   assert (attempts["slow"], attempts["error500"], attempts["bad_json"]) == (3, 3, 1)
   assert attempts["slow_once"] == attempts["error500_once"] == attempts["429_once"] == 2
   assert attempts["good"] == 1

@@ -43,6 +43,13 @@ def _parse(body):
   return caption, f"regenerate_{kind}" if body["model"] == "verifier" else kind
 
 
+class _Server(http.server.ThreadingHTTPServer):
+  # socketserver's listen backlog is 5: with 8 clients in flight and the accept loop starved of
+  # CPU (a loaded machine), further connections are dropped unseen, and a client's timed-out
+  # attempt never reaches the script that counts it.
+  request_queue_size = 128
+
+
 class ScriptedServer:
   """Answers by `script(caption, purpose, attempt) -> (status, text or None, headers, delay)`
   (text None: a body that is not JSON). Counts requests and completed answers per (caption,
@@ -61,11 +68,24 @@ class ScriptedServer:
       def log_message(self, *args):
         pass
 
-    self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    self.httpd = _Server(("127.0.0.1", 0), Handler)
     self.httpd.daemon_threads = True
     self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.05,), daemon=True)
     self.thread.start()
     self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+
+  def settled(self, quiet_s=0.3, limit_s=10.0):
+    """The request counts once none has changed for `quiet_s` (waiting at most `limit_s`): a
+    client that gave up on a request (a timeout) can return before this server, starved of CPU on
+    a loaded machine, has even read it, and the count would then be one short."""
+    deadline = time.monotonic() + limit_s
+    while True:
+      with self.lock:
+        before = collections.Counter(self.requests)
+      time.sleep(quiet_s)
+      with self.lock:
+        if self.requests == before or time.monotonic() > deadline:
+          return collections.Counter(self.requests)
 
   def reset(self):
     with self.lock:
